@@ -1,0 +1,265 @@
+"""ImageExampleGen: a folder of labelled images -> tf.Examples.
+
+Layout: ``DIR/<class>/<image>``, or ``DIR/train/<class>/<image>`` with
+``DIR/test/`` (or ``DIR/eval/``) as the evaluation split. Images are stored
+as they are (encoded bytes); decoding to pixels is the Transform's job.
+
+Every file is decoded once here, with the same TensorFlow decoder the
+Transform uses, so a file that cannot be decoded is skipped and reported
+(path and reason) instead of failing the Transform hours later. The run
+fails only when more than ``max_bad_fraction`` of the files are bad or a
+split ends up empty.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Dict, List, Optional, Tuple
+
+import apache_beam as beam
+import tensorflow as tf
+from tfx.components.example_gen.base_example_gen_executor import BaseExampleGenExecutor
+from tfx.components.example_gen.component import FileBasedExampleGen
+from tfx.dsl.components.base import executor_spec
+from tfx.proto import example_gen_pb2
+from tfx.types import artifact_utils, standard_component_specs
+from tfx.utils import io_utils, proto_utils
+from google.protobuf import json_format, struct_pb2
+
+SKIPPED_FILE = "skipped_files.json"
+TRAIN_DIRS = ("train",)
+EVAL_DIRS = ("test", "eval")
+# Keys of exec_properties the executor adds for the Beam transform.
+_REPORT_DIR = "_tfx_transfer_report_dir"
+_GROUPS = "_tfx_transfer_class_groups"
+
+
+class ImageDataError(RuntimeError):
+    """The image data cannot make a usable dataset; the message says why and where."""
+
+
+def split_layout(data_dir: str, eval_fraction: float = 0.2):
+    """(input_config, output_config) for an image folder.
+
+    Existing train/ and test/ (or eval/) folders are the splits; otherwise a
+    deterministic hash of the file name splits one folder.
+    """
+    subdirs = {os.path.basename(d.rstrip("/")) for d in tf.io.gfile.listdir(data_dir)}
+    train = next((d for d in TRAIN_DIRS if d in subdirs), None)
+    evald = next((d for d in EVAL_DIRS if d in subdirs), None)
+    if train and evald:
+        input_config = example_gen_pb2.Input(splits=[
+            example_gen_pb2.Input.Split(name="train", pattern=f"{train}/*/*"),
+            example_gen_pb2.Input.Split(name="eval", pattern=f"{evald}/*/*"),
+        ])
+        return input_config, None
+    eval_buckets = max(1, min(99, round(100 * eval_fraction)))
+    input_config = example_gen_pb2.Input(splits=[
+        example_gen_pb2.Input.Split(name="single_split", pattern="*/*")])
+    output_config = example_gen_pb2.Output(
+        split_config=example_gen_pb2.SplitConfig(
+            splits=[
+                example_gen_pb2.SplitConfig.Split(name="train", hash_buckets=100 - eval_buckets),
+                example_gen_pb2.SplitConfig.Split(name="eval", hash_buckets=eval_buckets),
+            ],
+            # Hash the file name, not the serialized example, so the split of
+            # an image never changes when features are added.
+            partition_feature_name="filename",
+        ))
+    return input_config, output_config
+
+
+def list_images(input_base: str, split_pattern: str) -> List[str]:
+    files = tf.io.gfile.glob(os.path.join(input_base, split_pattern))
+    # Hidden files (.DS_Store, editor droppings) are not images anyone put there.
+    return sorted(f for f in files if not os.path.basename(f).startswith(".")
+                  and not tf.io.gfile.isdir(f))
+
+
+def _bytes(v):
+    return tf.train.Feature(bytes_list=tf.train.BytesList(value=[v]))
+
+
+def _int(v):
+    return tf.train.Feature(int64_list=tf.train.Int64List(value=[v]))
+
+
+def image_to_example(path: str, input_base: str, groups: Optional[Dict[str, str]] = None
+                     ) -> Tuple[Optional[tf.train.Example], Optional[str]]:
+    """(example, None) for a good image, (None, reason) for a bad one."""
+    try:
+        with tf.io.gfile.GFile(path, "rb") as f:
+            data = f.read()
+    except Exception as e:  # noqa: BLE001 -- unreadable for any reason is reported, not raised
+        return None, f"unreadable: {type(e).__name__}: {e}"
+    if not data:
+        return None, "empty file"
+    try:
+        image = tf.io.decode_image(data, channels=3, expand_animations=False)
+        height, width = int(image.shape[0]), int(image.shape[1])
+    except (tf.errors.InvalidArgumentError, tf.errors.UnknownError) as e:
+        message = str(e.message if hasattr(e, "message") else e).splitlines()[0]
+        return None, f"not a decodable image: {message}"
+    if height == 0 or width == 0:
+        return None, f"image has no pixels ({height}x{width})"
+    label = os.path.basename(os.path.dirname(path))
+    features = {
+        "image": _bytes(data),
+        "label": _bytes(label.encode()),
+        "filename": _bytes(os.path.relpath(path, input_base).encode()),
+        "height": _int(height),
+        "width": _int(width),
+    }
+    if groups:
+        features["group"] = _bytes(groups[label].encode())
+    return tf.train.Example(features=tf.train.Features(feature=features)), None
+
+
+class _ToExample(beam.DoFn):
+    def __init__(self, input_base, groups):
+        self._input_base, self._groups = input_base, groups
+
+    def process(self, path):
+        example, reason = image_to_example(path, self._input_base, self._groups)
+        if example is None:
+            yield beam.pvalue.TaggedOutput("bad", json.dumps({"path": path, "reason": reason}))
+        else:
+            yield example
+
+
+@beam.ptransform_fn
+@beam.typehints.with_input_types(beam.Pipeline)
+@beam.typehints.with_output_types(tf.train.Example)
+def _ImagesToExample(pipeline: beam.Pipeline, exec_properties: Dict[str, Any],
+                     split_pattern: str) -> beam.pvalue.PCollection:
+    input_base = exec_properties[standard_component_specs.INPUT_BASE_KEY]
+    groups = json.loads(exec_properties.get(_GROUPS) or "null")
+    files = list_images(input_base, split_pattern)
+    label = split_pattern.replace("*", "x").replace("/", "_")
+    results = (pipeline
+               | f"ListImages[{label}]" >> beam.Create(files)
+               | f"Decode[{label}]" >> beam.ParDo(_ToExample(input_base, groups))
+               .with_outputs("bad", main="good"))
+    report = os.path.join(exec_properties[_REPORT_DIR], label)
+    _ = results.bad | f"ReportBad[{label}]" >> beam.io.WriteToText(report, file_name_suffix=".jsonl")
+    return results.good
+
+
+class Executor(BaseExampleGenExecutor):
+    def GetInputSourceToExamplePTransform(self) -> beam.PTransform:
+        return _ImagesToExample
+
+    def Do(self, input_dict, output_dict, exec_properties):
+        exec_properties = dict(exec_properties)
+        input_base = exec_properties[standard_component_specs.INPUT_BASE_KEY]
+        settings = _settings(exec_properties.get(standard_component_specs.CUSTOM_CONFIG_KEY))
+        max_bad = float(settings.get("max_bad_fraction", 0.01))
+        groups = settings.get("class_groups")
+        input_config = example_gen_pb2.Input()
+        proto_utils.json_to_proto(exec_properties[standard_component_specs.INPUT_CONFIG_KEY],
+                                  input_config)
+        totals = _check_layout(input_base, input_config, groups)
+
+        examples = artifact_utils.get_single_instance(
+            output_dict[standard_component_specs.EXAMPLES_KEY])
+        report_dir = os.path.join(self._get_tmp_dir(), "skipped")
+        exec_properties[_REPORT_DIR] = report_dir
+        exec_properties[_GROUPS] = json.dumps(groups)
+        super().Do(input_dict, output_dict, exec_properties)
+
+        skipped = []
+        for path in tf.io.gfile.glob(os.path.join(report_dir, "*.jsonl")):
+            with tf.io.gfile.GFile(path) as f:
+                skipped.extend(json.loads(line) for line in f if line.strip())
+        skipped.sort(key=lambda s: s["path"])
+        io_utils.write_string_file(os.path.join(examples.uri, SKIPPED_FILE),
+                                   json.dumps(skipped, indent=1))
+        examples.set_int_custom_property("skipped_files", len(skipped))
+        for s in skipped:
+            print(f"ImageExampleGen: skipped {s['path']}: {s['reason']}")
+        total = sum(totals.values())
+        if total and len(skipped) / total > max_bad:
+            raise ImageDataError(
+                f"{len(skipped)} of {total} image files ({100 * len(skipped) / total:.1f}%) "
+                f"could not be decoded, more than max_bad_fraction={max_bad}. First ones:\n  "
+                + "\n  ".join(f"{s['path']}: {s['reason']}" for s in skipped[:10])
+                + f"\nAll of them are listed in {os.path.join(examples.uri, SKIPPED_FILE)}")
+        for split in artifact_utils.decode_split_names(examples.split_names):
+            split_dir = artifact_utils.get_split_uri([examples], split)
+            if not _has_record(split_dir):
+                raise ImageDataError(
+                    f"split '{split}' is empty after skipping {len(skipped)} bad file(s) "
+                    f"(data: {input_base}). Add images, or lower eval_fraction/use train/ and "
+                    "test/ folders.")
+
+
+def _settings(custom_config_json: Optional[str]) -> Dict[str, Any]:
+    """ExampleGen's custom_config is a proto holding an Any; ours packs a Struct."""
+    if not custom_config_json:
+        return {}
+    config = example_gen_pb2.CustomConfig()
+    proto_utils.json_to_proto(custom_config_json, config)
+    struct = struct_pb2.Struct()
+    if not config.custom_config.Unpack(struct):
+        return {}
+    return json_format.MessageToDict(struct)
+
+
+def _has_record(split_dir: str) -> bool:
+    files = tf.io.gfile.glob(os.path.join(split_dir, "*"))
+    if not files:
+        return False
+    for _ in tf.data.TFRecordDataset(files, compression_type="GZIP").take(1):
+        return True
+    return False
+
+
+def _check_layout(input_base: str, input_config, groups) -> Dict[str, int]:
+    """Fails early, naming the folder, on layouts that cannot train a classifier."""
+    if not tf.io.gfile.isdir(input_base):
+        raise ImageDataError(f"image folder {input_base} does not exist")
+    totals, classes = {}, {}
+    for split in input_config.splits:
+        files = list_images(input_base, split.pattern)
+        where = os.path.join(input_base, split.pattern)
+        if not files:
+            raise ImageDataError(
+                f"no image files match {where} (split '{split.name}'). Expected "
+                "DIR/<class>/<image> or DIR/train/<class>/<image> + DIR/test/<class>/<image>.")
+        totals[split.name] = len(files)
+        classes[split.name] = {os.path.basename(os.path.dirname(f)) for f in files}
+    if "train" in classes and "eval" in classes:
+        unseen = sorted(classes["eval"] - classes["train"])
+        if unseen:
+            raise ImageDataError(
+                f"classes {unseen} appear in the eval split but not in train "
+                f"({input_base}); the model cannot learn them.")
+    all_classes = set().union(*classes.values())
+    if len(classes.get("train", all_classes)) < 2:
+        raise ImageDataError(f"{input_base} has fewer than 2 classes: {sorted(all_classes)}")
+    if groups:
+        missing = sorted(all_classes - set(groups))
+        if missing:
+            raise ImageDataError(f"class_groups has no group for classes {missing}")
+    return totals
+
+
+class ImageExampleGen(FileBasedExampleGen):
+    """FileBasedExampleGen over image folders (same outputs, driver and caching)."""
+
+    EXECUTOR_SPEC = executor_spec.BeamExecutorSpec(Executor)
+
+    def __init__(self, input_base: str, eval_fraction: float = 0.2,
+                 max_bad_fraction: float = 0.01,
+                 class_groups: Optional[Dict[str, str]] = None):
+        input_config, output_config = split_layout(input_base, eval_fraction)
+        settings = struct_pb2.Struct()
+        settings.update({"max_bad_fraction": max_bad_fraction, "class_groups": class_groups})
+        custom_config = example_gen_pb2.CustomConfig()
+        custom_config.custom_config.Pack(settings)
+        super().__init__(
+            input_base=input_base,
+            input_config=input_config,
+            output_config=output_config,
+            custom_config=custom_config,
+        )

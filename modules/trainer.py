@@ -1,0 +1,421 @@
+"""Trainer module: probe, fine-tune, or probe-then-fine-tune a pretrained backbone.
+
+Entry point for TFX: ``run_fn='modules.trainer.run_fn'``.
+
+The linear probe pays for the backbone once: pooled backbone features of
+every example are computed in one pass, cached on disk (streamed, never the
+whole set in memory) and the head trains on them for all epochs. The
+exported model still takes raw images: it is backbone + trained head behind
+the Transform graph.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from typing import Any, Dict, List, Optional, Tuple
+
+from modules import keras_compat  # noqa: F401
+import tensorflow as tf
+import tensorflow_transform as tft
+import tf_keras as keras
+
+from modules import backbones, transform
+
+log = logging.getLogger("tfx_transfer.trainer")
+REPORT_FILE = "training_report.json"
+CONFIG_FILE = "transfer_config.json"
+
+
+# --------------------------------------------------------------------------
+# Distribution
+def choose_strategy() -> tf.distribute.Strategy:
+    """TPU when present, MultiWorkerMirrored when TF_CONFIG names several
+    workers, Mirrored with several GPUs, else the default strategy."""
+    if os.environ.get("TPU_NAME") or os.environ.get("TPU_WORKER_HOSTNAMES"):
+        resolver = tf.distribute.cluster_resolver.TPUClusterResolver()
+        tf.config.experimental_connect_to_cluster(resolver)
+        tf.tpu.experimental.initialize_tpu_system(resolver)
+        return tf.distribute.TPUStrategy(resolver)
+    tf_config = json.loads(os.environ.get("TF_CONFIG") or "{}")
+    cluster = tf_config.get("cluster", {})
+    if sum(len(cluster.get(k, [])) for k in ("chief", "worker")) > 1:
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    gpus = tf.config.list_logical_devices("GPU")
+    if len(gpus) > 1:
+        return tf.distribute.MirroredStrategy()
+    return tf.distribute.get_strategy()
+
+
+def is_chief() -> bool:
+    tf_config = json.loads(os.environ.get("TF_CONFIG") or "{}")
+    task = tf_config.get("task", {})
+    if not task:
+        return True
+    has_chief = "chief" in tf_config.get("cluster", {})
+    return task.get("type") == "chief" or (not has_chief and task.get("type") == "worker"
+                                           and task.get("index", 0) == 0)
+
+
+# --------------------------------------------------------------------------
+# Model
+def build_model(cfg: Dict[str, Any], num_classes: int, weights: Optional[str]):
+    """(model, backbone, head): model = head(pool(backbone(image)))."""
+    entry = backbones.get(cfg["backbone"])
+    size = transform.image_size(cfg)
+    backbone = entry.build(size, weights=weights)
+    backbone.trainable = False
+    image = keras.Input((size, size, 3), name="image")
+    # training=False keeps BatchNorm in inference mode even when the backbone
+    # is unfrozen: its moving statistics were learned on ImageNet and a small
+    # batch of new data would wreck them.
+    features = backbone(image, training=False)
+    pool = keras.layers.GlobalAveragePooling2D if cfg.get("pooling", "avg") == "avg" \
+        else keras.layers.GlobalMaxPooling2D
+    pooled = pool(name="pool")(features)
+    head = build_head(int(pooled.shape[-1]), num_classes, cfg)
+    outputs = head(pooled)
+    model = keras.Model(image, outputs, name=f"{entry.name}_transfer")
+    return model, backbone, head
+
+
+def build_head(dim: int, num_classes: int, cfg: Dict[str, Any]) -> keras.Model:
+    x = inputs = keras.Input((dim,), name="features")
+    x = keras.layers.Dropout(cfg.get("dropout", 0.2), name="head_dropout")(x)
+    if cfg.get("hidden_units"):
+        x = keras.layers.Dense(cfg["hidden_units"], activation="relu", name="head_hidden")(x)
+        x = keras.layers.Dropout(cfg.get("dropout", 0.2), name="head_hidden_dropout")(x)
+    # float32 output even under mixed precision: softmax in fp16 loses small probabilities.
+    outputs = keras.layers.Dense(num_classes, activation="softmax", dtype="float32",
+                                 name="probabilities")(x)
+    return keras.Model(inputs, outputs, name="head")
+
+
+def embedding_model(model: keras.Model) -> keras.Model:
+    """image -> penultimate activations (the input of the last Dense)."""
+    head = model.get_layer("head")
+    last = head.get_layer("probabilities")
+    inner = keras.Model(head.input, last.input)
+    return keras.Model(model.input, inner(model.get_layer("pool").output))
+
+
+def unfreeze_top_groups(backbone: keras.Model, entry: backbones.Backbone, n: int) -> List[str]:
+    """Unfreezes the top n layer groups; BatchNorm layers stay frozen. Returns their names."""
+    groups = entry.layer_groups(backbone)
+    n = min(n, len(groups))
+    backbone.trainable = True
+    top = {id(l) for g in groups[len(groups) - n:] for l in g}
+    for layer in backbone.layers:
+        layer.trainable = id(layer) in top and not isinstance(layer, keras.layers.BatchNormalization)
+    return [l.name for g in groups[len(groups) - n:] for l in g]
+
+
+class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
+    def __init__(self, base_lr, total_steps, warmup_steps=0, cosine=True):
+        self.base_lr, self.total_steps = float(base_lr), max(1, int(total_steps))
+        self.warmup_steps, self.cosine = int(warmup_steps), bool(cosine)
+
+    def __call__(self, step):
+        step = tf.cast(step, tf.float32)
+        lr = tf.constant(self.base_lr)
+        if self.cosine:
+            progress = tf.clip_by_value((step - self.warmup_steps) /
+                                        max(1, self.total_steps - self.warmup_steps), 0.0, 1.0)
+            lr = 0.5 * self.base_lr * (1.0 + tf.cos(math.pi * progress))
+        if self.warmup_steps:
+            lr = tf.where(step < self.warmup_steps,
+                          self.base_lr * (step + 1) / self.warmup_steps, lr)
+        return lr
+
+    def get_config(self):
+        return {"base_lr": self.base_lr, "total_steps": self.total_steps,
+                "warmup_steps": self.warmup_steps, "cosine": self.cosine}
+
+
+def make_optimizer(cfg: Dict[str, Any], lr: float, steps_per_epoch: int, epochs: int):
+    schedule = WarmupCosine(lr, steps_per_epoch * epochs,
+                            int(cfg.get("warmup_epochs", 0) * steps_per_epoch),
+                            cfg.get("cosine_decay", True))
+    clip = {"clipnorm": cfg["clipnorm"]} if cfg.get("clipnorm") else {}
+    name = cfg.get("optimizer", "adamw")
+    if name == "sgd":
+        opt = keras.optimizers.SGD(schedule, momentum=cfg.get("momentum", 0.9),
+                                   weight_decay=cfg.get("weight_decay") or None, **clip)
+    elif name == "adam":
+        opt = keras.optimizers.Adam(schedule, **clip)
+    else:
+        opt = keras.optimizers.AdamW(schedule, weight_decay=cfg.get("weight_decay", 1e-4), **clip)
+    return opt
+
+
+def compile_model(model, cfg, lr, steps_per_epoch, epochs):
+    model.compile(
+        optimizer=make_optimizer(cfg, lr, steps_per_epoch, epochs),
+        loss=keras.losses.CategoricalCrossentropy(label_smoothing=cfg.get("label_smoothing", 0.0)),
+        metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")])
+
+
+def augmentation(cfg: Dict[str, Any], size: int) -> Optional[keras.Sequential]:
+    aug = cfg.get("augment") or []
+    if not aug:
+        return None
+    layers = []
+    if "flip" in aug:
+        layers.append(keras.layers.RandomFlip("horizontal"))
+    if "crop" in aug:
+        pad = max(2, size // 8)
+        layers += [keras.layers.ZeroPadding2D(pad), keras.layers.RandomCrop(size, size)]
+    if "rotation" in aug:
+        layers.append(keras.layers.RandomRotation(0.05))
+    if "zoom" in aug:
+        layers.append(keras.layers.RandomZoom(0.1))
+    return keras.Sequential(layers, name="augment")
+
+
+# --------------------------------------------------------------------------
+# Data
+def image_dataset(file_pattern, data_accessor, tf_transform_output, batch_size: int,
+                  num_classes: int, shuffle: bool, seed: int) -> tf.data.Dataset:
+    """Raw tf.Examples -> (preprocessed image, one-hot label), transformed on the fly."""
+    from tfx_bsl.public import tfxio
+
+    dataset = data_accessor.tf_dataset_factory(
+        file_pattern,
+        tfxio.TensorFlowDatasetOptions(batch_size=batch_size, num_epochs=1, shuffle=shuffle,
+                                       shuffle_seed=seed, shuffle_buffer_size=4 * batch_size),
+        tf_transform_output.raw_metadata.schema)
+    tft_layer = tf_transform_output.transform_features_layer()
+
+    def apply(raw):
+        out = tft_layer({transform.IMAGE_KEY: raw[transform.IMAGE_KEY],
+                         transform.LABEL_KEY: raw[transform.LABEL_KEY]})
+        label = tf.one_hot(tf.reshape(out[transform.LABEL_ID_KEY], [-1]), num_classes)
+        return out[transform.IMAGE_KEY], label
+
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return (dataset.map(apply, num_parallel_calls=tf.data.AUTOTUNE)
+            .with_options(options).prefetch(tf.data.AUTOTUNE))
+
+
+def cached_features(images: tf.data.Dataset, feature_model: keras.Model, path: str,
+                    phase: str) -> Tuple[tf.data.Dataset, int, float]:
+    """Pooled backbone features, computed once and streamed to a cache file."""
+    extract = tf.function(lambda x: feature_model(x, training=False))
+    ds = images.map(lambda x, y: (extract(x), y)).cache(path)
+    start, n = time.time(), 0
+    for _, y in ds:  # one full pass writes the cache; later epochs read it
+        n += int(y.shape[0])
+    seconds = time.time() - start
+    log.info("%s: backbone features of %d examples in %.1fs (%.1f img/s), cached at %s",
+             phase, n, seconds, n / max(seconds, 1e-9), path)
+    return ds, n, seconds
+
+
+class _EpochLog(keras.callbacks.Callback):
+    def __init__(self, phase):
+        super().__init__()
+        self.phase, self.t0 = phase, time.time()
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        log.info("%s epoch %d: %s (%.0fs)", self.phase, epoch + 1,
+                 ", ".join(f"{k}={v:.4f}" for k, v in logs.items() if isinstance(v, float)),
+                 time.time() - self.t0)
+
+
+def _callbacks(cfg, phase, backup_dir, log_dir):
+    cbs = [_EpochLog(phase), keras.callbacks.BackupAndRestore(backup_dir)]
+    if cfg.get("early_stopping_patience"):
+        cbs.append(keras.callbacks.EarlyStopping(
+            monitor="val_accuracy", mode="max", patience=cfg["early_stopping_patience"],
+            restore_best_weights=True))
+    if log_dir:
+        cbs.append(keras.callbacks.TensorBoard(os.path.join(log_dir, phase), update_freq="epoch"))
+    return cbs
+
+
+def _steps(n, batch_size):
+    return max(1, math.ceil(n / batch_size))
+
+
+# --------------------------------------------------------------------------
+def train(cfg: Dict[str, Any], train_images: tf.data.Dataset, eval_images: tf.data.Dataset,
+          num_classes: int, work_dir: str, log_dir: Optional[str] = None,
+          weights: Optional[str] = None, strategy=None, num_train: Optional[int] = None):
+    """Trains per cfg['mode']; returns (model, report dict).
+
+    Separated from run_fn so that tests and benchmarks drive it without TFX.
+    """
+    strategy = strategy or choose_strategy()
+    if tf.config.list_logical_devices("GPU"):
+        keras.mixed_precision.set_global_policy("mixed_float16")
+    mode, bs = cfg["mode"], cfg["batch_size"]
+    entry = backbones.get(cfg["backbone"])
+    with strategy.scope():
+        model, backbone, head = build_model(cfg, num_classes, weights)
+    report: Dict[str, Any] = {"mode": mode, "backbone": entry.name,
+                              "image_size": transform.image_size(cfg),
+                              "num_classes": num_classes, "phases": []}
+    os.makedirs(work_dir, exist_ok=True)
+    aug = augmentation(cfg, transform.image_size(cfg))
+    use_cache = cfg.get("cache_features", True) and aug is None
+
+    def fit(m, train_ds, eval_ds, epochs, lr, phase, n_train):
+        with strategy.scope():
+            compile_model(m, cfg, lr, _steps(n_train, bs), epochs)
+        start = time.time()
+        history = m.fit(train_ds, validation_data=eval_ds, epochs=epochs, verbose=2,
+                        callbacks=_callbacks(cfg, phase, os.path.join(work_dir, f"backup_{phase}"),
+                                             log_dir))
+        seconds = time.time() - start
+        epochs_run = len(history.history.get("loss", [])) or epochs
+        entry_ = {"phase": phase, "epochs": epochs_run, "seconds": round(seconds, 2),
+                  "images_per_s": round(n_train * epochs_run / max(seconds, 1e-9), 1),
+                  "history": {k: [float(v) for v in vs] for k, vs in history.history.items()}}
+        report["phases"].append(entry_)
+        log.info("%s: %d epochs in %.1fs (%.1f img/s)", phase, epochs_run, seconds,
+                 entry_["images_per_s"])
+
+    if mode in ("linear_probe", "lp_ft"):
+        if use_cache:
+            with strategy.scope():
+                feature_model = keras.Model(model.input, model.get_layer("pool").output)
+            tr, n_tr, s_tr = cached_features(train_images, feature_model,
+                                             os.path.join(work_dir, "features_train"), "train")
+            ev, n_ev, s_ev = cached_features(eval_images, feature_model,
+                                             os.path.join(work_dir, "features_eval"), "eval")
+            report["phases"].append({"phase": "feature_extraction", "examples": n_tr + n_ev,
+                                     "seconds": round(s_tr + s_ev, 2),
+                                     "images_per_s": round((n_tr + n_ev) / max(s_tr + s_ev, 1e-9), 1)})
+            tr = tr.shuffle(min(n_tr, 20000), seed=cfg.get("seed", 42), reshuffle_each_iteration=True)
+            num_train = n_tr
+            fit(head, tr, ev, cfg["epochs"], cfg["learning_rate"], "probe", n_tr)
+        else:
+            num_train = num_train or _count(train_images)
+            tr = train_images if aug is None else train_images.map(
+                lambda x, y: (aug(x, training=True), y), num_parallel_calls=tf.data.AUTOTUNE)
+            fit(model, tr, eval_images, cfg["epochs"], cfg["learning_rate"], "probe", num_train)
+
+    if mode in ("fine_tune", "lp_ft"):
+        num_train = num_train or _count(train_images)
+        with strategy.scope():
+            unfrozen = unfreeze_top_groups(backbone, entry, cfg["unfreeze_groups"])
+        report["unfrozen_layers"] = len(unfrozen)
+        tr = train_images if aug is None else train_images.map(
+            lambda x, y: (aug(x, training=True), y), num_parallel_calls=tf.data.AUTOTUNE)
+        fit(model, tr, eval_images, cfg["fine_tune_epochs"], cfg["fine_tune_learning_rate"],
+            "fine_tune", num_train)
+
+    report["train_examples"] = num_train
+    report["params"] = int(model.count_params())
+    report["trainable_params"] = int(sum(int(tf.size(w)) for w in model.trainable_weights))
+    final = report["phases"][-1]["history"] if report["phases"] else {}
+    if final.get("val_accuracy"):
+        report["final_val_accuracy"] = final["val_accuracy"][-1]
+    return model, report
+
+
+def _count(ds):
+    return sum(int(y.shape[0]) for _, y in ds)
+
+
+# --------------------------------------------------------------------------
+# Export
+def _outputs(model, images, class_names):
+    probs = model(images, training=False)
+    ids = tf.argmax(probs, axis=-1)
+    return {"probabilities": probs, "class_ids": ids, "class_names": tf.gather(class_names, ids)}
+
+
+def export(model: keras.Model, tf_transform_output, path: str, class_names: List[str]):
+    """SavedModel with serving_default (tf.Examples), serving_images (encoded
+    bytes), transform_features (for TFMA) and embeddings (for the projector)."""
+    model.tft_layer = tf_transform_output.transform_features_layer()
+    names = tf.constant(class_names)
+    embed = embedding_model(model)
+    raw_spec = tf_transform_output.raw_feature_spec()
+    # Only the features a request must carry: serving examples have no label.
+    image_spec = {transform.IMAGE_KEY: raw_spec[transform.IMAGE_KEY]}
+    label_spec = {transform.LABEL_KEY: raw_spec[transform.LABEL_KEY]}
+    image_shape = [-1] + list(raw_spec[transform.IMAGE_KEY].shape)
+
+    def pixels_from(encoded):
+        encoded = tf.reshape(encoded, image_shape)
+        return model.tft_layer({transform.IMAGE_KEY: encoded})[transform.IMAGE_KEY]
+
+    def images_from(serialized):
+        return pixels_from(tf.io.parse_example(serialized, image_spec)[transform.IMAGE_KEY])
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
+    def serve_examples(examples):
+        return _outputs(model, images_from(examples), names)
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="images")])
+    def serve_images(images):
+        return _outputs(model, pixels_from(images), names)
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
+    def transform_features(examples):
+        parsed = tf.io.parse_example(examples, label_spec)
+        out = model.tft_layer({transform.LABEL_KEY: parsed[transform.LABEL_KEY]})
+        return {transform.LABEL_ID_KEY: out[transform.LABEL_ID_KEY]}
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
+    def embeddings(examples):
+        pixels = images_from(examples)
+        out = _outputs(model, pixels, names)
+        out["embedding"] = embed(pixels, training=False)
+        return out
+
+    signatures = {
+        "serving_default": serve_examples.get_concrete_function(),
+        "serving_images": serve_images.get_concrete_function(),
+        "transform_features": transform_features.get_concrete_function(),
+        "embeddings": embeddings.get_concrete_function(),
+    }
+    model.save(path, save_format="tf", signatures=signatures)
+
+
+# --------------------------------------------------------------------------
+def run_fn(fn_args):
+    """TFX Trainer entry point."""
+    logging.basicConfig(level=logging.INFO)
+    cfg = dict(fn_args.custom_config or {})
+    tf.keras.utils.set_random_seed(cfg.get("seed", 42))
+    weights = backbones.resolve_weights(cfg["backbone"], transform.image_size(cfg),
+                                        cfg.get("weights", "imagenet"))
+    tf_transform_output = tft.TFTransformOutput(fn_args.transform_output)
+    class_names = [v.decode() if isinstance(v, bytes) else v for v in
+                   tf_transform_output.vocabulary_by_name(transform.LABEL_VOCAB)]
+    num_classes = len(class_names)
+    log.info("%d classes (vocabulary order): %s", num_classes, class_names)
+    bs = cfg["batch_size"]
+    strategy = choose_strategy()
+    global_bs = bs  # batch_size is the global batch; fit splits it across replicas
+    train_ds = image_dataset(fn_args.train_files, fn_args.data_accessor, tf_transform_output,
+                             global_bs, num_classes, shuffle=True, seed=cfg.get("seed", 42))
+    eval_ds = image_dataset(fn_args.eval_files, fn_args.data_accessor, tf_transform_output,
+                            global_bs, num_classes, shuffle=False, seed=0)
+    work_dir = os.path.join(fn_args.model_run_dir, "work")
+    model, report = train(cfg, train_ds, eval_ds, num_classes, work_dir,
+                          log_dir=fn_args.model_run_dir, weights=weights, strategy=strategy)
+    report["class_names"] = class_names
+    report["strategy"] = type(strategy).__name__
+    report["replicas"] = strategy.num_replicas_in_sync
+    # Only the chief writes the model; other workers save to a scratch dir
+    # because MultiWorkerMirrored's save is a collective all workers must join.
+    out_dir = fn_args.serving_model_dir if is_chief() else os.path.join(
+        work_dir, "worker_model", str(json.loads(os.environ.get("TF_CONFIG", "{}"))
+                                      .get("task", {}).get("index", 0)))
+    export(model, tf_transform_output, out_dir, class_names)
+    if is_chief():
+        model_root = os.path.dirname(fn_args.serving_model_dir.rstrip("/"))
+        for name, payload in ((REPORT_FILE, report), (CONFIG_FILE, cfg)):
+            with tf.io.gfile.GFile(os.path.join(model_root, name), "w") as f:
+                f.write(json.dumps(payload, indent=1))
+        if tf.io.gfile.exists(work_dir):  # feature cache and backups: done with them
+            tf.io.gfile.rmtree(work_dir)
+    log.info("trained %s (%s) -> %s", cfg["backbone"], cfg["mode"], out_dir)

@@ -1,0 +1,55 @@
+"""Transform module: encoded image -> backbone-ready pixels, class name -> id.
+
+The graph is applied on the fly (Trainer input pipeline, serving signatures,
+TFMA) instead of being materialised: a float 224x224x3 image is 600 KB, the
+JPEG it came from is a few KB.
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, Optional
+
+import tensorflow as tf
+import tensorflow_transform as tft
+
+from modules import backbones
+
+IMAGE_KEY = "image"
+LABEL_KEY = "label"
+LABEL_ID_KEY = "label_id"
+LABEL_VOCAB = "label"  # vocabulary file name: maps ids back to class names
+
+
+def image_size(custom_config: Optional[Dict[str, Any]]) -> int:
+    cfg = custom_config or {}
+    return int(cfg.get("image_size") or backbones.get(cfg.get("backbone", "MobileNetV2")).default_size)
+
+
+def decode_and_resize(encoded: tf.Tensor, size: int) -> tf.Tensor:
+    """A batch of encoded JPEG/PNG/GIF/BMP bytes -> float32 [N, size, size, 3] in [0, 255]."""
+    encoded = tf.reshape(encoded, [-1])
+
+    def one(data):
+        # channels=3: greyscale and RGBA images become RGB like everything else.
+        image = tf.io.decode_image(data, channels=3, expand_animations=False)
+        image = tf.image.resize(tf.cast(image, tf.float32), [size, size],
+                                method="bilinear", antialias=True)
+        return tf.clip_by_value(image, 0.0, 255.0)
+
+    return tf.map_fn(one, encoded, fn_output_signature=tf.TensorSpec([size, size, 3], tf.float32))
+
+
+def preprocess_images(encoded: tf.Tensor, backbone: str, size: int) -> tf.Tensor:
+    pixels = decode_and_resize(encoded, size)
+    return backbones.get(backbone).preprocess_input(pixels)
+
+
+def preprocessing_fn(inputs: Dict[str, tf.Tensor], custom_config=None) -> Dict[str, tf.Tensor]:
+    cfg = custom_config or {}
+    size = image_size(cfg)
+    outputs = {IMAGE_KEY: preprocess_images(inputs[IMAGE_KEY], cfg.get("backbone", "MobileNetV2"), size)}
+    # Ties in frequency are ordered reverse-alphabetically by tft; every id ->
+    # name mapping therefore goes through this vocabulary file, never sorted().
+    outputs[LABEL_ID_KEY] = tft.compute_and_apply_vocabulary(
+        tf.reshape(inputs[LABEL_KEY], [-1]), vocab_filename=LABEL_VOCAB, num_oov_buckets=0,
+        default_value=-1)
+    return outputs

@@ -1,0 +1,31 @@
+"""tfx-transfer: transfer learning of image classifiers as a TFX pipeline."""
+from setuptools import find_packages, setup
+
+setup(
+    name="tfx-transfer",
+    version="0.1.0",
+    description="TFX pipeline for transfer learning of Keras image classifiers, "
+                "runnable locally and on Kubeflow Pipelines",
+    python_requires=">=3.10,<3.11",
+    packages=find_packages(include=["pipeline", "pipeline.*", "components", "components.*",
+                                    "modules", "modules.*", "serving", "serving.*"]),
+    # Versions live in constraints.txt (pip install -c constraints.txt ...).
+    install_requires=[
+        "tfx==1.16.0",
+        "tf-keras",
+        "dill",  # tensorflow_transform imports it without declaring it
+        "kfp",
+        "pyyaml",
+        "pillow",
+        "matplotlib",
+        "scikit-learn",
+        "umap-learn",
+        "openTSNE",
+        "tensorflow-serving-api",
+        "grpcio",
+        "grpcio-health-checking",
+        "kubernetes",
+    ],
+    extras_require={"test": ["pytest", "kubernetes-validate"]},
+    entry_points={"console_scripts": ["tfx-transfer=pipeline.cli:main"]},
+)
