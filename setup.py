@@ -25,7 +25,8 @@ setup(
         "grpcio",
         "grpcio-health-checking",
         "kubernetes",
+        "tensorflow-datasets",  # tfds:NAME inputs
     ],
-    extras_require={"test": ["pytest", "kubernetes-validate"]},
+    extras_require={"test": ["pytest", "pytest-timeout", "kubernetes-validate"]},
     entry_points={"console_scripts": ["tfx-transfer=pipeline.cli:main"]},
 )

@@ -1,0 +1,41 @@
+# Two commands set everything up on a fresh machine: `make demo` and `make test`.
+SHELL := /bin/bash
+PY310 ?= $(shell PYENV_VERSION=3.10.13 pyenv which python3.10 2>/dev/null || command -v python3.10)
+VENV ?= .venv
+BIN := $(VENV)/bin
+SHARED ?= ../shared
+MNV2_WEIGHTS := $(SHARED)/weights/mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5
+# The demo uses real ImageNet weights: Keras' own download when online, the
+# copy in ../shared/weights on the air-gapped development machines.
+DEMO_WEIGHTS ?= $(if $(wildcard $(MNV2_WEIGHTS)),$(abspath $(MNV2_WEIGHTS)),imagenet)
+PYTEST_ARGS ?=
+
+.PHONY: venv demo test test-slow test-all constraints clean
+
+$(VENV)/.installed: setup.py constraints.txt
+	@test -n "$(PY310)" || { echo "Python 3.10 is required (TFX 1.16): install it or set PY310=/path/to/python3.10"; exit 1; }
+	test -x $(BIN)/python || $(PY310) -m venv $(VENV)
+	$(BIN)/pip install --disable-pip-version-check -c constraints.txt -e '.[test]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+demo: venv
+	$(BIN)/tfx-transfer run --config examples/demo.yaml --weights $(DEMO_WEIGHTS)
+
+test: venv
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-slow: venv
+	$(BIN)/python -m pytest -m slow $(PYTEST_ARGS)
+
+test-all: venv
+	$(BIN)/python -m pytest -m "" $(PYTEST_ARGS)
+
+# Re-resolve every pin (needs uv: pip install uv).
+constraints:
+	uv pip compile --python-version 3.10 requirements.in -o /tmp/resolved.txt
+	{ sed -n '1,/^$$/p' constraints.txt; grep -E '^[A-Za-z0-9].*==' /tmp/resolved.txt; } > constraints.new && mv constraints.new constraints.txt
+
+clean:
+	rm -rf runs .pytest_cache
