@@ -157,6 +157,27 @@ def compile_model(model, cfg, lr, steps_per_epoch, epochs):
         metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")])
 
 
+class PadAndRandomCrop(keras.layers.Layer):
+    """Reflect-pad and crop back at a random offset, per image; identity at
+    inference (keras' RandomCrop resizes at inference, which would change
+    evaluation images)."""
+
+    def __init__(self, pad: int, **kwargs):
+        super().__init__(**kwargs)
+        self.pad = pad
+
+    def call(self, x, training=None):
+        if not training:
+            return x
+        p = self.pad
+        padded = tf.pad(x, [[0, 0], [p, p], [p, p], [0, 0]], mode="REFLECT")
+        shape = tf.shape(x)[1:]
+        return tf.map_fn(lambda im: tf.image.random_crop(im, shape), padded)
+
+    def get_config(self):
+        return dict(super().get_config(), pad=self.pad)
+
+
 def augmentation(cfg: Dict[str, Any], size: int) -> Optional[keras.Sequential]:
     aug = cfg.get("augment") or []
     if not aug:
@@ -165,8 +186,7 @@ def augmentation(cfg: Dict[str, Any], size: int) -> Optional[keras.Sequential]:
     if "flip" in aug:
         layers.append(keras.layers.RandomFlip("horizontal"))
     if "crop" in aug:
-        pad = max(2, size // 8)
-        layers += [keras.layers.ZeroPadding2D(pad), keras.layers.RandomCrop(size, size)]
+        layers.append(PadAndRandomCrop(max(2, size // 8)))
     if "rotation" in aug:
         layers.append(keras.layers.RandomRotation(0.05))
     if "zoom" in aug:
@@ -203,6 +223,11 @@ def image_dataset(file_pattern, data_accessor, tf_transform_output, batch_size: 
 def cached_features(images: tf.data.Dataset, feature_model: keras.Model, path: str,
                     phase: str) -> Tuple[tf.data.Dataset, int, float]:
     """Pooled backbone features, computed once and streamed to a cache file."""
+    stale = tf.io.gfile.glob(path + "_*.lockfile")
+    if stale:  # a killed run left a half-written cache; tf.data would refuse to touch it
+        log.warning("removing the incomplete feature cache of a previous attempt: %s", path)
+        for f in tf.io.gfile.glob(path + "*"):
+            tf.io.gfile.remove(f)
     extract = tf.function(lambda x: feature_model(x, training=False))
     ds = images.map(lambda x, y: (extract(x), y)).cache(path)
     start, n = time.time(), 0

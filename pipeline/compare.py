@@ -1,0 +1,163 @@
+"""tfx-transfer compare: one pipeline run per (backbone, mode, unfreeze depth,
+image size), a leaderboard of the results.
+
+All runs share one pipeline name, pipeline root and MLMD database, so TFX's
+cache reuses ExampleGen, statistics, schema and (per backbone and size)
+Transform across them; only Trainer, Evaluator and what follows rerun.
+"""
+from __future__ import annotations
+
+import csv
+import itertools
+import json
+import logging
+import os
+from typing import Any, Dict, List, Optional
+
+from pipeline.config import RunConfig
+
+log = logging.getLogger("tfx_transfer.compare")
+
+COLUMNS = ["backbone", "mode", "unfreeze_groups", "image_size", "accuracy", "top5_accuracy",
+           "macro_f1", "train_s", "params", "trainable_params", "extract_img_s", "train_img_s",
+           "silhouette_before", "silhouette_after", "knn_before", "knn_after", "blessed"]
+
+
+def _split(value: Optional[str]) -> List[str]:
+    return [v.strip() for v in value.split(",") if v.strip()] if value else []
+
+
+def combinations(base: RunConfig, backbones: List[str], modes: List[str],
+                 unfreeze: List[int], sizes: List[Optional[int]]) -> List[RunConfig]:
+    configs = []
+    for backbone, mode, size in itertools.product(backbones or [base.backbone],
+                                                  modes or [base.mode], sizes or [base.image_size]):
+        depths = (unfreeze or [base.unfreeze_groups]) if mode != "linear_probe" else [0]
+        for depth in depths:
+            name = f"{backbone}-{mode}" + (f"-u{depth}" if mode != "linear_probe" else "") + \
+                (f"-{size}px" if size else "")
+            configs.append(base.replace(
+                backbone=backbone, mode=mode, image_size=size,
+                unfreeze_groups=depth if depth else base.unfreeze_groups,
+                model_name=name.lower(),
+                # The leaderboard ranks models; it must not refuse to push one
+                # because another combination was blessed before it.
+                max_accuracy_drop=1.0).validate())
+    return configs
+
+
+def row(config: RunConfig, summary: Dict[str, Any]) -> Dict[str, Any]:
+    metrics = summary.get("metrics", {})
+    training = summary.get("training") or {}
+    phases = {p["phase"]: p for p in training.get("phases") or []}
+    train_phases = [p for p in phases.values() if p["phase"] != "feature_extraction"]
+    projector = summary.get("projector") or {}
+    r = {
+        "backbone": config.backbone, "mode": config.mode,
+        "unfreeze_groups": config.unfreeze_groups if config.mode != "linear_probe" else 0,
+        "image_size": summary.get("image_size"),
+        "accuracy": metrics.get("accuracy"), "top5_accuracy": metrics.get("top5_accuracy"),
+        "macro_f1": metrics.get("macro_f1"),
+        "train_s": summary.get("timings_s", {}).get("Trainer"),
+        "params": training.get("params"), "trainable_params": training.get("trainable_params"),
+        "extract_img_s": phases.get("feature_extraction", {}).get("images_per_s"),
+        "train_img_s": train_phases[-1]["images_per_s"] if train_phases else None,
+        "blessed": summary.get("blessed"),
+    }
+    for stage in ("before", "after"):
+        numbers = projector.get(stage) or {}
+        r[f"silhouette_{stage}"] = numbers.get("silhouette")
+        r[f"knn_{stage}"] = numbers.get("knn_accuracy")
+    return r
+
+
+def _fmt(v):
+    if isinstance(v, float):
+        return f"{v:.4f}" if v <= 1 else f"{v:.1f}"
+    return "" if v is None else str(v)
+
+
+def write_leaderboard(rows: List[Dict[str, Any]], out_dir: str) -> Dict[str, str]:
+    rows = sorted(rows, key=lambda r: -(r.get("accuracy") or 0))
+    os.makedirs(out_dir, exist_ok=True)
+    paths = {k: os.path.join(out_dir, f"leaderboard.{k}") for k in ("md", "csv", "json", "png")}
+    cols = [c for c in COLUMNS if any(r.get(c) is not None for r in rows)]
+    with open(paths["csv"], "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+    with open(paths["md"], "w") as f:
+        f.write("| " + " | ".join(cols) + " |\n|" + "---|" * len(cols) + "\n")
+        for r in rows:
+            f.write("| " + " | ".join(_fmt(r.get(c)) for c in cols) + " |\n")
+    with open(paths["json"], "w") as f:
+        json.dump(rows, f, indent=1)
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for r in rows:
+        if r.get("accuracy") is None or r.get("train_s") is None:
+            continue
+        ax.scatter(r["train_s"], r["accuracy"], s=40)
+        label = f"{r['backbone']} {r['mode']}" + (f" u{r['unfreeze_groups']}" if r["unfreeze_groups"] else "") \
+            + (f" {r['image_size']}px" if r.get("image_size") else "")
+        ax.annotate(label, (r["train_s"], r["accuracy"]), fontsize=7, xytext=(4, 2),
+                    textcoords="offset points")
+    ax.set_xlabel("Trainer wall time (s)")
+    ax.set_ylabel("eval accuracy (TFMA)")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(paths["png"], dpi=120)
+    plt.close(fig)
+    return paths
+
+
+def compare(base: RunConfig, backbones: List[str], modes: List[str], unfreeze: List[int],
+            sizes: List[Optional[int]]) -> List[Dict[str, Any]]:
+    from modules import backbones as registry
+    from modules import transform
+    from pipeline import runners
+
+    configs = combinations(base, backbones, modes, unfreeze, sizes)
+    for c in configs:  # every weights file checked before the first run starts
+        registry.resolve_weights(c.backbone, transform.image_size(c.trainer_config()), c.weights)
+    rows = []
+    for i, config in enumerate(configs, 1):
+        log.info("compare %d/%d: %s", i, len(configs), config.model_name)
+        summary = runners.run(config)
+        run_dir = os.path.join(base.output, "runs", config.model_name)
+        os.makedirs(run_dir, exist_ok=True)
+        with open(os.path.join(run_dir, "summary.json"), "w") as f:
+            json.dump(summary, f, indent=1)
+        rows.append(row(config, summary))
+        write_leaderboard(rows, base.output)  # partial results survive a later failure
+    return rows
+
+
+def cmd_compare(args) -> int:
+    from pipeline import data_sources
+    from pipeline.cli import _config_from
+
+    base = data_sources.prepare(_config_from(args))
+    unfreeze = [int(v) for v in _split(args.unfreeze)]
+    sizes = [int(v) for v in _split(args.image_sizes)]
+    rows = compare(base, _split(args.backbones), _split(args.modes), unfreeze, sizes)
+    paths = write_leaderboard(rows, base.output)
+    print(open(paths["md"]).read())
+    print("leaderboard: " + ", ".join(paths.values()))
+    return 0
+
+
+def register(sub):
+    from pipeline.cli import _add_run_flags
+
+    p = sub.add_parser("compare", help="run the pipeline per combination and rank the results")
+    _add_run_flags(p)
+    p.add_argument("--backbones", help="comma-separated backbone names")
+    p.add_argument("--modes", help="comma-separated modes (linear_probe,fine_tune,lp_ft)")
+    p.add_argument("--unfreeze", help="comma-separated unfreeze depths (layer groups) for fine-tuning")
+    p.add_argument("--image-sizes", dest="image_sizes", help="comma-separated input sizes")
+    p.set_defaults(func=cmd_compare)
