@@ -12,6 +12,7 @@ split ends up empty.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from typing import Any, Dict, List, Optional, Tuple
@@ -53,10 +54,14 @@ def split_layout(data_dir: str, eval_fraction: float = 0.2):
             example_gen_pb2.Input.Split(name="eval", pattern=f"{evald}/*/*"),
         ])
         return input_config, None
-    eval_buckets = max(1, min(99, round(100 * eval_fraction)))
     input_config = example_gen_pb2.Input(splits=[
         example_gen_pb2.Input.Split(name="single_split", pattern="*/*")])
-    output_config = example_gen_pb2.Output(
+    return input_config, hash_split_config(eval_fraction)
+
+
+def hash_split_config(eval_fraction: float, partition_feature: Optional[str] = "filename"):
+    eval_buckets = max(1, min(99, round(100 * eval_fraction)))
+    return example_gen_pb2.Output(
         split_config=example_gen_pb2.SplitConfig(
             splits=[
                 example_gen_pb2.SplitConfig.Split(name="train", hash_buckets=100 - eval_buckets),
@@ -64,16 +69,18 @@ def split_layout(data_dir: str, eval_fraction: float = 0.2):
             ],
             # Hash the file name, not the serialized example, so the split of
             # an image never changes when features are added.
-            partition_feature_name="filename",
+            partition_feature_name=partition_feature or "",
         ))
-    return input_config, output_config
 
 
 def list_images(input_base: str, split_pattern: str) -> List[str]:
     files = tf.io.gfile.glob(os.path.join(input_base, split_pattern))
     # Hidden files (.DS_Store, editor droppings) are not images anyone put there.
-    return sorted(f for f in files if not os.path.basename(f).startswith(".")
-                  and not tf.io.gfile.isdir(f))
+    files = [f for f in files if not os.path.basename(f).startswith(".") and not tf.io.gfile.isdir(f)]
+    # Class folders listed in order would be written class after class, and a
+    # bounded shuffle buffer in the Trainer would then see one class at a
+    # time. A hash order is random-looking yet the same on every run.
+    return sorted(files, key=lambda f: hashlib.md5(f.encode()).hexdigest())
 
 
 def _bytes(v):

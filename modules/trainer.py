@@ -26,6 +26,7 @@ from modules import backbones, transform
 
 log = logging.getLogger("tfx_transfer.trainer")
 REPORT_FILE = "training_report.json"
+SHUFFLE_BUFFER = 10_000  # examples (encoded images, or pooled features: ~50 MB at 1280-d)
 CONFIG_FILE = "transfer_config.json"
 
 
@@ -203,8 +204,10 @@ def image_dataset(file_pattern, data_accessor, tf_transform_output, batch_size: 
 
     dataset = data_accessor.tf_dataset_factory(
         file_pattern,
+        # The buffer holds encoded images (a few KB each), so a large one is
+        # cheap and bounded: memory does not grow with the dataset.
         tfxio.TensorFlowDatasetOptions(batch_size=batch_size, num_epochs=1, shuffle=shuffle,
-                                       shuffle_seed=seed, shuffle_buffer_size=4 * batch_size),
+                                       shuffle_seed=seed, shuffle_buffer_size=SHUFFLE_BUFFER),
         tf_transform_output.raw_metadata.schema)
     tft_layer = tf_transform_output.transform_features_layer()
 
@@ -315,7 +318,10 @@ def train(cfg: Dict[str, Any], train_images: tf.data.Dataset, eval_images: tf.da
             report["phases"].append({"phase": "feature_extraction", "examples": n_tr + n_ev,
                                      "seconds": round(s_tr + s_ev, 2),
                                      "images_per_s": round((n_tr + n_ev) / max(s_tr + s_ev, 1e-9), 1)})
-            tr = tr.shuffle(min(n_tr, 20000), seed=cfg.get("seed", 42), reshuffle_each_iteration=True)
+            # Shuffle examples, not cached batches, so every epoch sees new batch mixes.
+            tr = (tr.unbatch().shuffle(min(n_tr, SHUFFLE_BUFFER), seed=cfg.get("seed", 42),
+                                       reshuffle_each_iteration=True)
+                  .batch(bs).prefetch(tf.data.AUTOTUNE))
             num_train = n_tr
             fit(head, tr, ev, cfg["epochs"], cfg["learning_rate"], "probe", n_tr)
         else:

@@ -12,7 +12,7 @@ import tensorflow_model_analysis as tfma
 from tfx import v1 as tfx
 from tfx.proto import example_gen_pb2
 
-from components.image_example_gen import ImageExampleGen
+from components.image_example_gen import ImageExampleGen, hash_split_config
 from pipeline.config import RunConfig
 
 TRANSFORM_FN = "modules.transform.preprocessing_fn"
@@ -21,13 +21,35 @@ ACCURACY = "sparse_categorical_accuracy"
 TOP5 = "sparse_top_k_categorical_accuracy"
 
 
+def _record_files(data: str) -> List[str]:
+    # "_DONE"-style markers and hidden files are not data.
+    return [f for f in os.listdir(data) if not f.startswith((".", "_"))]
+
+
 def is_tfrecord_input(data: str) -> bool:
-    if data.endswith((".tfrecord", ".tfrecord.gz", ".gz")) or "*" in data:
-        return True
     if os.path.isdir(data):
-        files = [f for f in os.listdir(data) if not f.startswith(".")]
+        files = _record_files(data)
         return bool(files) and all(".tfrecord" in f for f in files)
     return False
+
+
+def tfrecord_example_gen(config: RunConfig):
+    """ImportExampleGen over a folder of TFRecord files of tf.Examples.
+
+    Files named train* and eval*/test* are the splits; otherwise a hash of
+    the file name splits the records like an image folder."""
+    files = _record_files(config.data)
+    train = [f for f in files if f.startswith("train")]
+    evals = [f for f in files if f.startswith(("eval", "test"))]
+    if train and evals:
+        eval_prefix = "eval" if any(f.startswith("eval") for f in evals) else "test"
+        return tfx.components.ImportExampleGen(
+            input_base=config.data,
+            input_config=example_gen_pb2.Input(splits=[
+                example_gen_pb2.Input.Split(name="train", pattern="train*"),
+                example_gen_pb2.Input.Split(name="eval", pattern=f"{eval_prefix}*")]))
+    output_config = hash_split_config(config.eval_fraction, partition_feature=None)
+    return tfx.components.ImportExampleGen(input_base=config.data, output_config=output_config)
 
 
 def class_count(data: str) -> Optional[int]:
@@ -78,7 +100,7 @@ def create_pipeline(config: RunConfig, pipeline_root: Optional[str] = None,
                     beam_pipeline_args: Optional[List[str]] = None) -> tfx.dsl.Pipeline:
     components = []
     if is_tfrecord_input(config.data):
-        example_gen = tfx.components.ImportExampleGen(input_base=config.data)
+        example_gen = tfrecord_example_gen(config)
     else:
         example_gen = ImageExampleGen(
             input_base=config.data, eval_fraction=config.eval_fraction,
