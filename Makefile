@@ -10,7 +10,7 @@ MNV2_WEIGHTS := $(SHARED)/weights/mobilenet_v2_weights_tf_dim_ordering_tf_kernel
 DEMO_WEIGHTS ?= $(if $(wildcard $(MNV2_WEIGHTS)),$(abspath $(MNV2_WEIGHTS)),imagenet)
 PYTEST_ARGS ?=
 
-.PHONY: venv demo test test-slow test-all constraints clean
+.PHONY: venv demo test test-slow test-all offline-weights constraints clean
 
 $(VENV)/.installed: setup.py constraints.txt
 	@test -n "$(PY310)" || { echo "Python 3.10 is required (TFX 1.16): install it or set PY310=/path/to/python3.10"; exit 1; }
@@ -37,6 +37,10 @@ test-all: venv
 constraints:
 	uv pip compile --python-version 3.10 requirements.in -o /tmp/resolved.txt
 	{ sed -n '1,/^$$/p' constraints.txt; grep -E '^[A-Za-z0-9].*==' /tmp/resolved.txt; } > constraints.new && mv constraints.new constraints.txt
+
+# Air-gapped machines: put the ImageNet weight files where tf_keras looks.
+offline-weights:
+	mkdir -p $(HOME)/.keras/models && cp -n $(SHARED)/weights/*.h5 $(HOME)/.keras/models/
 
 clean:
 	rm -rf runs .pytest_cache

@@ -78,8 +78,36 @@ def build_model(cfg: Dict[str, Any], num_classes: int, weights: Optional[str]):
     pooled = pool(name="pool")(features)
     head = build_head(int(pooled.shape[-1]), num_classes, cfg)
     outputs = head(pooled)
-    model = keras.Model(image, outputs, name=f"{entry.name}_transfer")
+    model = TransferModel(image, outputs, name=f"{entry.name}_transfer")
     return model, backbone, head
+
+
+class TransferModel(keras.Model):
+    """A keras.Model whose backbone may train at its own, lower, learning rate.
+
+    With `backbone_optimizer` set (fine-tuning from a fresh head), the head's
+    weights step with `optimizer` and the unfrozen backbone blocks with
+    `backbone_optimizer`; otherwise it is a plain keras.Model.
+    """
+
+    backbone_optimizer = None
+    backbone_refs = frozenset()
+
+    def train_step(self, data):
+        if self.backbone_optimizer is None:
+            return super().train_step(data)
+        x, y = data[0], data[1]
+        with tf.GradientTape(persistent=True) as tape:
+            pred = self(x, training=True)
+            loss = self.compute_loss(x, y, pred)
+        trainable = self.trainable_variables
+        backbone = [v for v in trainable if v.ref() in self.backbone_refs]
+        head = [v for v in trainable if v.ref() not in self.backbone_refs]
+        self.optimizer.minimize(loss, head, tape=tape)
+        if backbone:
+            self.backbone_optimizer.minimize(loss, backbone, tape=tape)
+        del tape
+        return self.compute_metrics(x, y, pred, None)
 
 
 def build_head(dim: int, num_classes: int, cfg: Dict[str, Any]) -> keras.Model:
@@ -291,9 +319,15 @@ def train(cfg: Dict[str, Any], train_images: tf.data.Dataset, eval_images: tf.da
     aug = augmentation(cfg, transform.image_size(cfg))
     use_cache = cfg.get("cache_features", True) and aug is None
 
-    def fit(m, train_ds, eval_ds, epochs, lr, phase, n_train):
+    def fit(m, train_ds, eval_ds, epochs, lr, phase, n_train, backbone_lr=None):
         with strategy.scope():
             compile_model(m, cfg, lr, _steps(n_train, bs), epochs)
+            if backbone_lr is not None:
+                opt = make_optimizer(cfg, backbone_lr, _steps(n_train, bs), epochs)
+                if keras.mixed_precision.global_policy().name == "mixed_float16":
+                    opt = keras.mixed_precision.LossScaleOptimizer(opt)
+                m.backbone_optimizer = opt
+                m.backbone_refs = frozenset(v.ref() for v in backbone.trainable_variables)
         start = time.time()
         history = m.fit(train_ds, validation_data=eval_ds, epochs=epochs, verbose=2,
                         callbacks=_callbacks(cfg, phase, os.path.join(work_dir, f"backup_{phase}"),
@@ -337,8 +371,15 @@ def train(cfg: Dict[str, Any], train_images: tf.data.Dataset, eval_images: tf.da
         report["unfrozen_layers"] = len(unfrozen)
         tr = train_images if aug is None else train_images.map(
             lambda x, y: (aug(x, training=True), y), num_parallel_calls=tf.data.AUTOTUNE)
-        fit(model, tr, eval_images, cfg["fine_tune_epochs"], cfg["fine_tune_learning_rate"],
-            "fine_tune", num_train)
+        if mode == "fine_tune":
+            # A fresh head needs the head learning rate; the pretrained blocks
+            # get the low one, or the head's large early gradients wreck them.
+            fit(model, tr, eval_images, cfg["fine_tune_epochs"], cfg["learning_rate"],
+                "fine_tune", num_train, backbone_lr=cfg["fine_tune_learning_rate"])
+        else:
+            # lp_ft: the head is already trained; everything moves slowly together.
+            fit(model, tr, eval_images, cfg["fine_tune_epochs"], cfg["fine_tune_learning_rate"],
+                "fine_tune", num_train)
 
     report["train_examples"] = num_train
     report["params"] = int(model.count_params())

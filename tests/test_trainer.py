@@ -232,3 +232,15 @@ def test_strategy_from_environment(monkeypatch):
     assert not trainer.is_chief()
     monkeypatch.setenv("TF_CONFIG", '{"cluster": {"worker": ["a:1", "b:2"]}, "task": {"type": "worker", "index": 0}}')
     assert trainer.is_chief()
+
+
+def test_fine_tune_gives_the_backbone_a_lower_learning_rate(tmp_path, monkeypatch):
+    seen = capture_build(monkeypatch)
+    trainer.train(cfg(mode="fine_tune", learning_rate=1e-2, fine_tune_learning_rate=1e-5, epochs=1,
+                      fine_tune_epochs=1), data(), data(), CLASSES, str(tmp_path))
+    model = seen["model"]
+    assert model.backbone_optimizer is not None
+    assert float(model.optimizer.learning_rate) == pytest.approx(1e-2)  # cosine off: constant
+    assert float(model.backbone_optimizer.learning_rate) == pytest.approx(1e-5)
+    assert model.backbone_optimizer.iterations.numpy() > 0
+    assert {v.ref() for v in seen["backbone"].trainable_variables} == set(model.backbone_refs)
