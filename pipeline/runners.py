@@ -45,8 +45,13 @@ def run(config: RunConfig) -> dict:
     from pipeline import summary
 
     pipeline = build(config)
-    runner = (tfx.orchestration.LocalDagRunner() if config.runner == "local"
-              else tfx.orchestration.experimental.BeamDagRunner())
+    if config.runner == "local":
+        runner = tfx.orchestration.LocalDagRunner()
+    else:
+        # Not exported under tfx.v1 in 1.16; runs each component as a Beam stage.
+        from tfx.orchestration.beam.beam_dag_runner import BeamDagRunner
+
+        runner = BeamDagRunner()
     log.info("running %s with %s: %d components, output %s", config.pipeline_name,
              type(runner).__name__, len(pipeline.components), config.output)
     start = time.time()

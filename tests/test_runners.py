@@ -1,0 +1,28 @@
+"""The same pipeline on the BeamDagRunner (the LocalDagRunner run is the
+default suite's tiny_run)."""
+import os
+
+import pytest
+
+from conftest import tiny_config
+
+
+@pytest.mark.slow
+@pytest.mark.e2e
+def test_beam_dag_runner_runs_the_pipeline(tmp_path):
+    from pipeline import runners
+
+    config = tiny_config(tmp_path, runner="beam", epochs=1, projector=False)
+    summary = runners.run(config)
+    assert summary["pushed_model_dir"] and os.path.isdir(summary["pushed_model_dir"])
+    assert summary["train_examples"] == 300 and summary["eval_examples"] == 100
+    assert 0 <= summary["metrics"]["accuracy"] <= 1
+
+
+def test_default_beam_args_avoid_the_prism_download():
+    from pipeline import runners
+
+    args = runners.beam_args(tiny_config("/tmp/x"))
+    assert "--runner=FnApiRunner" in args
+    assert runners.beam_args(tiny_config("/tmp/x", beam_args=["--runner=DataflowRunner"])) == \
+        ["--runner=DataflowRunner"]
