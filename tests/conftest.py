@@ -17,12 +17,16 @@ MNV2_NO_TOP = os.path.join(SHARED, "weights",
                            "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5")
 
 
+CIFAR_GROUPS = {c: "vehicle" for c in ("airplane", "automobile", "ship", "truck")}
+CIFAR_GROUPS.update({c: "animal" for c in ("bird", "cat", "deer", "dog", "frog", "horse")})
+
+
 def tiny_config(output, **overrides):
     from pipeline.config import RunConfig
 
     values = dict(data=SAMPLE, backbone="MobileNetV2", weights="none", image_size=32,
                   epochs=2, batch_size=32, output=str(output), projector_samples=100,
-                  min_accuracy=0.0, max_accuracy_drop=1.0,
+                  min_accuracy=0.0, max_accuracy_drop=1.0, class_groups=CIFAR_GROUPS,
                   projector=importlib.util.find_spec("components.embedding_projector") is not None)
     values.update(overrides)
     return RunConfig(**values)

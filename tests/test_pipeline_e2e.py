@@ -26,6 +26,9 @@ def test_summary_contract(tiny_run):
     for name, v in m["per_class"].items():
         assert set(v) >= {"precision", "recall", "f1"}
         assert v["recall"] == pytest.approx(m["slices"][f"label={name}"]["sparse_categorical_accuracy"], abs=1e-6)
+    # the class -> group map adds a feature that TFMA slices on
+    assert m["slices"]["group=vehicle"]["example_count"] == 40
+    assert m["slices"]["group=animal"]["example_count"] == 60
     assert on_disk["blessed"] is True
     assert on_disk["pushed_model_dir"] and os.path.isdir(on_disk["pushed_model_dir"])
     for component in ("ImageExampleGen", "StatisticsGen", "SchemaGen", "ExampleValidator",
