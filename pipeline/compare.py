@@ -35,7 +35,7 @@ def combinations(base: RunConfig, backbones: List[str], modes: List[str],
         depths = (unfreeze or [base.unfreeze_groups]) if mode != "linear_probe" else [0]
         for depth in depths:
             name = f"{backbone}-{mode}" + (f"-u{depth}" if mode != "linear_probe" else "") + \
-                (f"-{size}px" if size else "")
+                (f"-{size}px" if sizes else "")
             configs.append(base.replace(
                 backbone=backbone, mode=mode, image_size=size,
                 unfreeze_groups=depth if depth else base.unfreeze_groups,

@@ -1,0 +1,57 @@
+"""tfx-transfer compare: combinations, leaderboard files, and a real run."""
+import csv
+import json
+import os
+
+import pytest
+
+from conftest import tiny_config
+from pipeline import compare
+
+
+def test_combinations_expand_unfreeze_depths_only_for_fine_tuning():
+    base = tiny_config("/tmp/x")
+    configs = compare.combinations(base, ["MobileNetV2", "ResNet50"], ["linear_probe", "fine_tune"],
+                                   [1, 3], [])
+    names = [c.model_name for c in configs]
+    assert names == ["mobilenetv2-linear_probe", "mobilenetv2-fine_tune-u1", "mobilenetv2-fine_tune-u3",
+                     "resnet50-linear_probe", "resnet50-fine_tune-u1", "resnet50-fine_tune-u3"]
+    assert [c.unfreeze_groups for c in configs if c.mode == "fine_tune"] == [1, 3, 1, 3]
+    assert all(c.output == base.output for c in configs), "one run dir: TFX caching across runs"
+
+
+def test_leaderboard_files(tmp_path):
+    rows = [dict(backbone="A", mode="linear_probe", unfreeze_groups=0, image_size=32, accuracy=0.5,
+                 top5_accuracy=0.9, macro_f1=0.4, train_s=10.0, params=100, trainable_params=10,
+                 blessed=True),
+            dict(backbone="B", mode="fine_tune", unfreeze_groups=2, image_size=32, accuracy=0.7,
+                 top5_accuracy=0.95, macro_f1=0.6, train_s=30.0, params=200, trainable_params=50,
+                 blessed=True)]
+    paths = compare.write_leaderboard(rows, str(tmp_path))
+    assert all(os.path.exists(p) for p in paths.values())
+    ranked = list(csv.DictReader(open(paths["csv"])))
+    assert [r["backbone"] for r in ranked] == ["B", "A"], "sorted by accuracy"
+    assert "| B | fine_tune | 2 |" in open(paths["md"]).read()
+
+
+@pytest.mark.slow
+@pytest.mark.e2e
+def test_compare_runs_other_backbones_and_reuses_the_cache(tmp_path, capsys):
+    from pipeline import cli
+
+    rc = cli.main(["compare", "--data", tiny_config(tmp_path).data, "--weights", "none",
+                   "--backbones", "MobileNetV3Small,EfficientNetB0", "--modes", "linear_probe,fine_tune",
+                   "--unfreeze", "1", "--image-size", "32", "--epochs", "1", "--fine-tune-epochs", "1",
+                   "--no-projector", "--output", str(tmp_path / "cmp")])
+    assert rc == 0
+    rows = json.load(open(tmp_path / "cmp" / "leaderboard.json"))
+    assert {(r["backbone"], r["mode"]) for r in rows} == {
+        ("MobileNetV3Small", "linear_probe"), ("MobileNetV3Small", "fine_tune"),
+        ("EfficientNetB0", "linear_probe"), ("EfficientNetB0", "fine_tune")}
+    for r in rows:
+        assert 0 <= r["accuracy"] <= 1 and r["params"] > r["trainable_params"] > 0
+    # ExampleGen ran once; later combinations reused it through TFX's cache
+    states = [json.load(open(tmp_path / "cmp" / "runs" / d / "summary.json"))["component_states"]
+              for d in sorted(os.listdir(tmp_path / "cmp" / "runs"))]
+    assert sum(s["ImageExampleGen"] == "CACHED" for s in states) == 3
+    assert os.path.exists(tmp_path / "cmp" / "leaderboard.png")
