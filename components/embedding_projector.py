@@ -15,6 +15,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
+import tempfile
 import time
 from typing import Any, Dict, List
 
@@ -22,6 +24,7 @@ from tfx import types
 from tfx.dsl.components.base import base_component, base_executor, executor_spec
 from tfx.types import artifact_utils, standard_artifacts
 from tfx.types.component_spec import ChannelParameter, ExecutionParameter
+from tfx.utils import io_utils
 
 log = logging.getLogger("tfx_transfer.projector")
 
@@ -140,9 +143,9 @@ def embed_before(model_uri: str, transform_graph_uri: str, images: List[bytes], 
         cfg = json.load(f)
     size = transform.image_size(cfg)
     weights = backbones.resolve_weights(cfg["backbone"], size, cfg.get("weights", "imagenet"))
-    # Without pretrained weights the "before" backbone is a seeded random
-    # initialisation: reproducible, though not the Trainer's own draw.
-    keras.utils.set_random_seed(seed)
+    # Without pretrained weights "before" is a random initialisation; seeding
+    # as the Trainer does (run_fn) redraws the Trainer's own starting weights.
+    keras.utils.set_random_seed(cfg.get("seed", seed))
     backbone = backbones.get(cfg["backbone"]).build(size, weights=weights)
     pool = (keras.layers.GlobalAveragePooling2D() if cfg.get("pooling", "avg") == "avg"
             else keras.layers.GlobalMaxPooling2D())
@@ -173,16 +176,18 @@ def project_and_report(out_dir: str, before, after, filenames: List[str], labels
     timings = metrics.setdefault("timings_s", {})
     notes = metrics.setdefault("notes", [])
     embeddings = {"before": before, "after": after}
-    same = before.shape == after.shape and np.allclose(before, after, rtol=1e-4, atol=1e-5)
+    # Relative to the embeddings' scale: untrained backbones give values ~1e-13.
+    same = before.shape == after.shape and np.allclose(
+        before, after, rtol=1e-5, atol=1e-6 * float(np.abs(before).max(initial=0.0)))
     metrics["before_equals_after"] = bool(same)
     coords: Dict[str, Dict[str, Any]] = {}
     for stage in P.STAGES:
         if stage == "after" and same:
             # Frozen backbone and a head without a hidden layer (linear probe):
             # the penultimate layer is the pooled backbone output itself.
-            notes.append("after == before: the trained model's penultimate layer is the frozen "
-                         "backbone's pooled output (linear probe without a hidden layer), so "
-                         "training cannot move the embeddings; projections computed once.")
+            notes.append("after == before: training did not change the embeddings. Expected "
+                         "for a linear probe without a hidden layer (the penultimate layer is "
+                         "the frozen backbone's pooled output); projections computed once.")
             coords["after"] = coords["before"]
             metrics["after"] = dict(metrics["before"])
             for m in P.METHODS:
@@ -241,6 +246,11 @@ class Executor(base_executor.BaseExecutor):
         lap("sample", start)
         log.info("projector: %d of %d eval examples (stratified, seed %d)", len(serialized),
                  total, seed)
+        if len(serialized) < P.MIN_POINTS:
+            raise ValueError(
+                f"EmbeddingProjector: {len(serialized)} eval examples sampled, at least "
+                f"{P.MIN_POINTS} are needed (projector_samples={num_samples}, {total} in the "
+                "eval split); raise projector_samples or switch it off (projector: false)")
 
         start = time.perf_counter()
         after, predicted = embed_after(model_uri, serialized)
@@ -266,15 +276,21 @@ class Executor(base_executor.BaseExecutor):
             "timings_s": timings, "notes": [],
         }
         if not cfg.get("weights") or str(cfg.get("weights")).lower() == "none":
-            extra["notes"].append("weights=none: 'before' is a randomly initialised backbone "
-                                  f"(seed {seed}), not the Trainer's own initialisation.")
+            extra["notes"].append("weights=none: 'before' is the randomly initialised backbone, "
+                                  f"redrawn with the Trainer's seed ({cfg.get('seed', seed)}).")
         title = (f"{cfg.get('backbone')} {cfg.get('mode')}: {len(serialized)} eval examples, "
                  "before vs. after training")
-        tf.io.gfile.makedirs(projection.uri)
-        metrics = project_and_report(projection.uri, before, after, filenames, labels, predicted,
-                                     class_names, thumbnails, seed, extra, title)
-        timings["total"] = round(time.perf_counter() - t0, 3)
-        P.write_json(os.path.join(projection.uri, FILES["metrics"]), metrics)
+        # Written locally, then copied: the artefact URI may be gs:// or s3://
+        # (Kubeflow), which matplotlib, PIL and csv cannot write to.
+        local = tempfile.mkdtemp(prefix="embedding_projector_")
+        try:
+            metrics = project_and_report(local, before, after, filenames, labels, predicted,
+                                         class_names, thumbnails, seed, extra, title)
+            timings["total"] = round(time.perf_counter() - t0, 3)
+            P.write_json(os.path.join(local, FILES["metrics"]), metrics)  # now with the total
+            io_utils.copy_dir(local, projection.uri)
+        finally:
+            shutil.rmtree(local, ignore_errors=True)
 
         projection.set_int_custom_property("num_samples", len(serialized))
         for stage in P.STAGES:
@@ -305,11 +321,13 @@ def summary_section(outputs: Dict[str, List]) -> Dict[str, Any]:
     artifacts = outputs.get(PROJECTION_KEY) or []
     if not artifacts:
         return {}
+    import tensorflow as tf
+
     uri = artifacts[0].uri
     path = os.path.join(uri, FILES["metrics"])
-    if not os.path.exists(path):
+    if not tf.io.gfile.exists(path):
         return {"error": f"no {FILES['metrics']} in {uri}", "uri": uri}
-    with open(path) as f:
+    with tf.io.gfile.GFile(path) as f:
         section = json.load(f)
     section["uri"] = uri
     section["files"] = {k: os.path.join(uri, v) for k, v in FILES.items()}

@@ -39,13 +39,26 @@ class ImageDataError(RuntimeError):
     """The image data cannot make a usable dataset; the message says why and where."""
 
 
-def split_layout(data_dir: str, eval_fraction: float = 0.2):
+def split_layout(data_dir: str, eval_fraction: float = 0.2, layout: str = "auto"):
     """(input_config, output_config) for an image folder.
 
     Existing train/ and test/ (or eval/) folders are the splits; otherwise a
-    deterministic hash of the file name splits one folder.
+    deterministic hash of the file name splits one folder. layout "folders"
+    (train/ + test/) or "hash" says so without listing data_dir, which a
+    pipeline compiled for a cluster may not be able to do.
     """
-    subdirs = {os.path.basename(d.rstrip("/")) for d in tf.io.gfile.listdir(data_dir)}
+    if layout == "folders":
+        subdirs = {TRAIN_DIRS[0], EVAL_DIRS[0]}
+    elif layout == "hash":
+        subdirs = set()
+    else:
+        try:
+            subdirs = {os.path.basename(d.rstrip("/")) for d in tf.io.gfile.listdir(data_dir)}
+        except tf.errors.OpError as e:
+            raise ImageDataError(
+                f"cannot list {data_dir} to find its layout ({type(e).__name__}: {e.message}); "
+                "if it exists where the pipeline runs, set data_layout to 'folders' "
+                "(train/ + test/) or 'hash'") from e
     train = next((d for d in TRAIN_DIRS if d in subdirs), None)
     evald = next((d for d in EVAL_DIRS if d in subdirs), None)
     if train and evald:
@@ -258,8 +271,8 @@ class ImageExampleGen(FileBasedExampleGen):
 
     def __init__(self, input_base: str, eval_fraction: float = 0.2,
                  max_bad_fraction: float = 0.01,
-                 class_groups: Optional[Dict[str, str]] = None):
-        input_config, output_config = split_layout(input_base, eval_fraction)
+                 class_groups: Optional[Dict[str, str]] = None, layout: str = "auto"):
+        input_config, output_config = split_layout(input_base, eval_fraction, layout)
         settings = struct_pb2.Struct()
         settings.update({"max_bad_fraction": max_bad_fraction, "class_groups": class_groups})
         custom_config = example_gen_pb2.CustomConfig()

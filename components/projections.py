@@ -31,9 +31,10 @@ KNN_FOLDS = 5
 TRUST_K = 5
 TSNE_PERPLEXITY = 30.0
 # openTSNE's FFT gradient costs ~8 s per run here whatever N (its interpolation
-# grid has a minimum size) and scales linearly; Barnes-Hut is O(N log N) and
-# takes 0.2 s at 150 points. They break even near 2,000 points on this machine.
+# grid has a minimum size) and scales linearly; Barnes-Hut is O(N log N): 0.2 s
+# at 150 points, about even at 2,000 (5.9 vs 7.9 s), behind at 5,000 (24 vs 18 s).
 TSNE_FFT_FROM = 1000
+MIN_POINTS = 10  # fewer make t-SNE's perplexity and UMAP's neighbourhoods meaningless
 UMAP_NEIGHBORS = 15
 UMAP_MIN_DIST = 0.1
 # TensorBoard's projector refuses sprites larger than this on a side.
@@ -74,6 +75,8 @@ def project(x: np.ndarray, method: str, seed: int) -> np.ndarray:
     """
     x = np.ascontiguousarray(x, dtype=np.float32)
     n = len(x)
+    if n < MIN_POINTS:
+        raise ValueError(f"{n} points are too few to project; at least {MIN_POINTS} are needed")
     if method == "pca":
         from sklearn.decomposition import PCA
 
@@ -105,7 +108,8 @@ def tsne_gradient(n: int) -> str:
     return "fft" if n >= TSNE_FFT_FROM else "bh"
 
 
-def project_all(x: np.ndarray, seed: int, methods: Sequence[str] = METHODS, stage: str = "") -> Tuple[Dict[str, np.ndarray], Dict[str, float]]:
+def project_all(x: np.ndarray, seed: int, methods: Sequence[str] = METHODS,
+                stage: str = "") -> Tuple[Dict[str, np.ndarray], Dict[str, float]]:
     """(method -> [N, 2], method -> wall seconds)."""
     coords, seconds = {}, {}
     for method in methods:
@@ -227,9 +231,10 @@ def plot_panels(path: str, coords: Dict[str, Dict[str, np.ndarray]], labels: Seq
 
     labels = np.asarray(labels)
     colors = class_colors(class_names)
-    point_size = float(np.clip(4000 / max(len(labels), 1), 2, 30))
-    fig, axes = plt.subplots(len(STAGES), len(METHODS), figsize=(5 * len(METHODS) + 2.5, 9.5),
-                             squeeze=False)
+    point_size = float(np.clip(8000 / max(len(labels), 1), 3, 30))
+    legend_in = 1.6 if len(class_names) <= 40 else 3.0
+    fig, axes = plt.subplots(len(STAGES), len(METHODS),
+                             figsize=(5 * len(METHODS) + legend_in, 9.5), squeeze=False)
     for r, stage in enumerate(STAGES):
         numbers = metrics.get(stage, {})
         for c, method in enumerate(METHODS):
@@ -254,7 +259,7 @@ def plot_panels(path: str, coords: Dict[str, Dict[str, np.ndarray]], labels: Seq
                ncol=1 if len(class_names) <= 40 else 2, title="class")
     if title:
         fig.suptitle(title)
-    fig.tight_layout(rect=(0, 0, 1 - 2.3 / fig.get_figwidth(), 1))
+    fig.tight_layout(rect=(0, 0, 1 - legend_in / fig.get_figwidth(), 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
@@ -272,10 +277,10 @@ def write_report(path: str, figure_png: str, metrics: Dict, files: Dict[str, str
                     "<td></td><td></td></tr>")
         for method in METHODS:
             p = m.get("projections", {}).get(method, {})
+            seconds = metrics.get("timings_s", {}).get(f"{method}_{stage}")
             rows.append(f"<tr><th>{stage}</th><td>{METHOD_TITLES[method]} (2-d)</td>"
                         f"<td>{_fmt(p.get('silhouette'))}</td><td></td>"
-                        f"<td>{_fmt(p.get('trustworthiness'))}</td>"
-                        f"<td>{_fmt(metrics.get('timings_s', {}).get(f'{method}_{stage}'), 1)}</td></tr>")
+                        f"<td>{_fmt(p.get('trustworthiness'))}</td><td>{_fmt(seconds, 1)}</td></tr>")
     timings = "".join(f"<tr><td>{html.escape(k)}</td><td>{v:.1f}</td></tr>"
                       for k, v in metrics.get("timings_s", {}).items())
     links = "".join(f'<li>{html.escape(k)}: <a href="{html.escape(v)}">{html.escape(v)}</a></li>'

@@ -146,25 +146,50 @@ def test_sprite_shrinks_thumbnails_to_fit(monkeypatch):
     assert side == 64 // 6 and image.shape == (6 * side, 6 * side, 3)
 
 
-def test_report_when_training_left_embeddings_unchanged(tmp_path):
-    """Linear probe without a hidden layer: after == before, said so, computed once."""
-    from components.embedding_projector import FILES, project_and_report
+def _report(out_dir, before, after, labels):
+    from components.embedding_projector import project_and_report
 
-    x, labels = two_clusters(n=60, gap=10.0)
-    labels = list(labels)
-    thumbs = np.zeros((60, 32, 32, 3), dtype=np.uint8)
-    metrics = project_and_report(str(tmp_path), x, x.copy(), [f"f{i}" for i in range(60)],
-                                 labels, labels, ["a", "b"], thumbs, 0,
-                                 {"num_samples": 60, "timings_s": {}}, "test")
-    assert metrics["before_equals_after"] is True and metrics["notes"]
-    assert metrics["after"] == metrics["before"]
-    assert metrics["timings_s"]["tsne_after"] == 0.0 and metrics["timings_s"]["tsne_before"] > 0
-    assert metrics["before"]["knn_accuracy"] == 1.0
+    n = len(labels)
+    return project_and_report(str(out_dir), before, after, [f"f{i}" for i in range(n)],
+                              list(labels), list(labels), ["a", "b"],
+                              np.zeros((n, 32, 32, 3), dtype=np.uint8), 0,
+                              {"num_samples": n, "timings_s": {}}, "test")
+
+
+def test_report_before_and_after(tmp_path):
+    from components.embedding_projector import FILES
+
+    before, labels = two_clusters(n=60, gap=1.0)
+    after, _ = two_clusters(n=60, gap=30.0, seed=1)
+    metrics = _report(tmp_path, before, after, labels)
+    assert metrics["before_equals_after"] is False and not metrics["notes"]
+    assert metrics["after"]["silhouette"] > metrics["before"]["silhouette"] + 0.3
+    assert metrics["after"]["knn_accuracy"] == 1.0 > metrics["before"]["knn_accuracy"]
+    assert all(metrics["timings_s"][f"{m}_after"] > 0 for m in ("tsne", "umap"))
     for name in FILES.values():
         assert os.path.exists(tmp_path / name)
     with open(tmp_path / "points.csv") as f:
         rows = list(csv.DictReader(f))
+    assert len(rows) == 60 and rows[0]["filename"] == "f0" and rows[1]["label"] == "b"
+    assert {f"{m}_{s}_{a}" for m in P.METHODS for s in P.STAGES for a in "xy"} <= set(rows[0])
+    assert json.load(open(tmp_path / "metrics.json"))["after"] == metrics["after"]
+    html = open(tmp_path / "report.html").read()
+    assert f"{metrics['before']['silhouette']:.3f}" in html and "base64," in html
+
+
+def test_report_when_training_left_embeddings_unchanged(tmp_path):
+    """Linear probe without a hidden layer: after == before, said so, computed once."""
+    x, labels = two_clusters(n=60, gap=10.0)
+    metrics = _report(tmp_path, x, x.copy(), labels)
+    assert metrics["before_equals_after"] is True and metrics["notes"]
+    assert metrics["after"] == metrics["before"]
+    assert metrics["timings_s"]["tsne_after"] == 0.0 and metrics["timings_s"]["tsne_before"] > 0
+    with open(tmp_path / "points.csv") as f:
+        rows = list(csv.DictReader(f))
     assert rows[0]["pca_before_x"] == rows[0]["pca_after_x"]
+    # tiny embeddings (an untrained backbone gives ~1e-13) that differ are not "equal"
+    tiny = x * 1e-13
+    assert _report(tmp_path, tiny, tiny * 1.5, labels)["before_equals_after"] is False
 
 
 # --------------------------------------------------------------------------
@@ -184,8 +209,12 @@ def test_projector_in_the_tiny_pipeline(tiny_run):
         for method, p in numbers["projections"].items():
             assert -1 <= p["silhouette"] <= 1 and 0 <= p["trustworthiness"] <= 1
             assert proj["timings_s"][f"{method}_{stage}"] >= 0
-    # weights=none: the "before" backbone is a fresh random one, so it differs
-    assert proj["before_equals_after"] is False and proj["notes"]
+    # Linear probe, no hidden layer: the penultimate layer is the frozen backbone's pooled
+    # output, so a correctly rebuilt "before" (same backbone, size, pooling, Transform and,
+    # with weights=none, the Trainer's seeded initialisation) equals "after" exactly.
+    assert proj["mode"] == "linear_probe" and proj["hidden_units"] == 0
+    assert proj["before_equals_after"] is True
+    assert proj["after"] == proj["before"] and len(proj["notes"]) == 2
 
     files = proj["files"]
     with open(files["points"]) as f:
