@@ -36,7 +36,10 @@ def choose_strategy() -> tf.distribute.Strategy:
     """TPU when present, MultiWorkerMirrored when TF_CONFIG names several
     workers, Mirrored with several GPUs, else the default strategy."""
     if os.environ.get("TPU_NAME") or os.environ.get("TPU_WORKER_HOSTNAMES"):
-        resolver = tf.distribute.cluster_resolver.TPUClusterResolver()
+        # GKE TPU node pools are TPU VMs (TPU_WORKER_HOSTNAMES, no TPU_NAME):
+        # the chips are attached to this host, which TensorFlow calls "local".
+        resolver = tf.distribute.cluster_resolver.TPUClusterResolver(
+            tpu=os.environ.get("TPU_NAME") or "local")
         tf.config.experimental_connect_to_cluster(resolver)
         tf.tpu.experimental.initialize_tpu_system(resolver)
         return tf.distribute.TPUStrategy(resolver)
@@ -315,7 +318,7 @@ def train(cfg: Dict[str, Any], train_images: tf.data.Dataset, eval_images: tf.da
     report: Dict[str, Any] = {"mode": mode, "backbone": entry.name,
                               "image_size": transform.image_size(cfg),
                               "num_classes": num_classes, "phases": []}
-    os.makedirs(work_dir, exist_ok=True)
+    tf.io.gfile.makedirs(work_dir)  # gs:// on clusters
     aug = augmentation(cfg, transform.image_size(cfg))
     use_cache = cfg.get("cache_features", True) and aug is None
 
@@ -455,7 +458,16 @@ def export(model: keras.Model, tf_transform_output, path: str, class_names: List
 def run_fn(fn_args):
     """TFX Trainer entry point."""
     logging.basicConfig(level=logging.INFO)
+    # First: MultiWorkerMirrored must configure collectives before any TF op runs.
+    strategy = choose_strategy()
     cfg = dict(fn_args.custom_config or {})
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and \
+            cfg.get("cache_features", True):
+        # The cache file sits in the work dir that all workers share (it also
+        # holds the BackupAndRestore checkpoint every worker must read), so
+        # workers would overwrite each other's cache: train on images instead.
+        log.info("multi-worker training: feature cache off")
+        cfg["cache_features"] = False
     tf.keras.utils.set_random_seed(cfg.get("seed", 42))
     weights = backbones.resolve_weights(cfg["backbone"], transform.image_size(cfg),
                                         cfg.get("weights", "imagenet"))
@@ -465,7 +477,6 @@ def run_fn(fn_args):
     num_classes = len(class_names)
     log.info("%d classes (vocabulary order): %s", num_classes, class_names)
     bs = cfg["batch_size"]
-    strategy = choose_strategy()
     global_bs = bs  # batch_size is the global batch; fit splits it across replicas
     train_ds = image_dataset(fn_args.train_files, fn_args.data_accessor, tf_transform_output,
                              global_bs, num_classes, shuffle=True, seed=cfg.get("seed", 42))
@@ -477,17 +488,31 @@ def run_fn(fn_args):
     report["class_names"] = class_names
     report["strategy"] = type(strategy).__name__
     report["replicas"] = strategy.num_replicas_in_sync
-    # Only the chief writes the model; other workers save to a scratch dir
-    # because MultiWorkerMirrored's save is a collective all workers must join.
-    out_dir = fn_args.serving_model_dir if is_chief() else os.path.join(
-        work_dir, "worker_model", str(json.loads(os.environ.get("TF_CONFIG", "{}"))
-                                      .get("task", {}).get("index", 0)))
-    export(model, tf_transform_output, out_dir, class_names)
+    if strategy is not tf.distribute.get_strategy():
+        # Distributed variables would put collective ops into the serving graph
+        # (and MultiWorkerMirrored cannot save signatures over them at all): the
+        # chief exports a plain copy. Reading synced variables is a collective,
+        # so every worker reads the weights.
+        values = model.get_weights()
+        if is_chief():
+            model = build_model(cfg, num_classes, None)[0]
+            model.set_weights(values)
     if is_chief():
+        out_dir = fn_args.serving_model_dir
+        start = time.time()
+        export(model, tf_transform_output, out_dir, class_names)
+        report["export_s"] = round(time.time() - start, 1)
         model_root = os.path.dirname(fn_args.serving_model_dir.rstrip("/"))
         for name, payload in ((REPORT_FILE, report), (CONFIG_FILE, cfg)):
             with tf.io.gfile.GFile(os.path.join(model_root, name), "w") as f:
                 f.write(json.dumps(payload, indent=1))
         if tf.io.gfile.exists(work_dir):  # feature cache and backups: done with them
             tf.io.gfile.rmtree(work_dir)
-    log.info("trained %s (%s) -> %s", cfg["backbone"], cfg["mode"], out_dir)
+        log.info("trained %s (%s) -> %s", cfg["backbone"], cfg["mode"], out_dir)
+    else:
+        log.info("worker done; the chief writes the model")
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        # Wait for the chief's export: a worker that exits first looks like a
+        # crashed task to the coordination service, which then fails the chief.
+        strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.run(lambda: tf.constant(1.0)),
+                        axis=None)

@@ -16,6 +16,8 @@ RUNNERS = ("local", "beam")
 OPTIMIZERS = ("adamw", "adam", "sgd")
 POOLINGS = ("avg", "max")
 AUGMENTATIONS = ("flip", "crop", "rotation", "zoom")
+# auto: look at the folder; folders: DIR/train + DIR/test; hash: one DIR/<class> folder.
+DATA_LAYOUTS = ("auto", "folders", "hash")
 
 
 class ConfigError(ValueError):
@@ -29,6 +31,9 @@ class RunConfig:
     # a folder or glob of TFRecord files of tf.Examples, or tfds:NAME.
     data: str = ""
     eval_fraction: float = 0.2  # used only when the data has no train/test folders
+    # A gs:// root or a Kubeflow runtime parameter cannot be listed when the
+    # pipeline is built: say the layout instead of "auto" there.
+    data_layout: str = "auto"
     max_bad_fraction: float = 0.01  # more undecodable images than this fails ExampleGen
     class_groups: Optional[Dict[str, str]] = None  # class -> group, adds a slice feature
 
@@ -63,6 +68,9 @@ class RunConfig:
     # --- evaluation / blessing -------------------------------------------
     min_accuracy: float = 0.0  # value threshold for blessing
     max_accuracy_drop: float = 0.01  # change threshold against the last blessed model
+    # Resolve the last blessed model as the Evaluator's baseline. Kubeflow
+    # Pipelines' open-source backend cannot run Resolver nodes.
+    baseline: bool = True
 
     # --- projector (EmbeddingProjector component) -------------------------
     projector: bool = True
@@ -76,6 +84,13 @@ class RunConfig:
     runner: str = "local"
     enable_cache: bool = True
     beam_args: List[str] = dataclasses.field(default_factory=list)
+
+    # --- Kubeflow ------------------------------------------------------------
+    image: str = ""  # container image of every component (and of TFJob workers)
+    namespace: str = "kubeflow"  # where TFJobs are created
+    tfjob_workers: int = 0  # >0: the Trainer runs as a TFJob of that many workers
+    tfjob_gpus_per_worker: int = 0
+    tfjob_service_account: str = ""  # of the worker pods (storage access); "": namespace default
 
     def __post_init__(self):
         self.validate()
@@ -98,13 +113,15 @@ class RunConfig:
                 fail(field, f"expected {types[0].__name__}, got {type(value).__name__} {value!r}")
 
         ints = ("epochs", "fine_tune_epochs", "batch_size", "unfreeze_groups",
-                "early_stopping_patience", "seed", "projector_samples", "hidden_units")
+                "early_stopping_patience", "seed", "projector_samples", "hidden_units",
+                "tfjob_workers", "tfjob_gpus_per_worker")
         floats = ("eval_fraction", "max_bad_fraction", "dropout", "learning_rate",
                   "fine_tune_learning_rate", "weight_decay", "momentum",
                   "label_smoothing", "warmup_epochs", "min_accuracy", "max_accuracy_drop")
         strs = ("data", "backbone", "weights", "mode", "pooling", "optimizer", "output",
-                "pipeline_name", "model_name", "runner")
-        bools = ("cosine_decay", "cache_features", "projector", "enable_cache")
+                "pipeline_name", "model_name", "runner", "data_layout", "image", "namespace",
+                "tfjob_service_account")
+        bools = ("cosine_decay", "cache_features", "projector", "enable_cache", "baseline")
         for f in ints:
             check_type(f, (int,))
         for f in floats:
@@ -124,6 +141,13 @@ class RunConfig:
             fail("optimizer", f"{self.optimizer!r} is not one of {', '.join(OPTIMIZERS)}")
         if self.pooling not in POOLINGS:
             fail("pooling", f"{self.pooling!r} is not one of {', '.join(POOLINGS)}")
+        if self.data_layout not in DATA_LAYOUTS:
+            fail("data_layout", f"{self.data_layout!r} is not one of {', '.join(DATA_LAYOUTS)}")
+        for f in ("tfjob_workers", "tfjob_gpus_per_worker"):
+            if getattr(self, f) < 0:
+                fail(f, f"must be >= 0, got {getattr(self, f)}")
+        if self.tfjob_workers and not self.image:
+            fail("image", "a TFJob Trainer (tfjob_workers > 0) needs the container image")
         from modules import backbones  # light import: no TensorFlow
 
         if self.backbone not in backbones.names():

@@ -95,6 +95,16 @@ def eval_config(config: RunConfig, num_classes: Optional[int]) -> tfma.EvalConfi
         metrics_specs=[tfma.MetricsSpec(metrics=metrics)])
 
 
+def _trainer_executor(config: RunConfig, trainer_cfg: dict) -> dict:
+    """Trainer custom_config (and executor: a TFJob launcher when config.tfjob_workers > 0)."""
+    if not config.tfjob_workers:
+        return {"custom_config": trainer_cfg}
+    from components import tfjob_trainer
+
+    return {"custom_config": {**trainer_cfg, tfjob_trainer.CONFIG_KEY: tfjob_trainer.settings(config)},
+            "custom_executor_spec": tfjob_trainer.EXECUTOR_SPEC}
+
+
 def create_pipeline(config: RunConfig, pipeline_root: Optional[str] = None,
                     metadata_connection_config=None,
                     beam_pipeline_args: Optional[List[str]] = None) -> tfx.dsl.Pipeline:
@@ -104,7 +114,8 @@ def create_pipeline(config: RunConfig, pipeline_root: Optional[str] = None,
     else:
         example_gen = ImageExampleGen(
             input_base=config.data, eval_fraction=config.eval_fraction,
-            max_bad_fraction=config.max_bad_fraction, class_groups=config.class_groups)
+            max_bad_fraction=config.max_bad_fraction, class_groups=config.class_groups,
+            layout=config.data_layout)
     components.append(example_gen)
 
     statistics_gen = tfx.components.StatisticsGen(examples=example_gen.outputs["examples"])
@@ -135,7 +146,7 @@ def create_pipeline(config: RunConfig, pipeline_root: Optional[str] = None,
         schema=schema_gen.outputs["schema"],
         train_args=tfx.proto.TrainArgs(splits=["train"]),
         eval_args=tfx.proto.EvalArgs(splits=["eval"]),
-        custom_config=trainer_cfg)
+        **_trainer_executor(config, trainer_cfg))
     components.append(trainer)
 
     model_resolver = tfx.dsl.Resolver(
@@ -146,9 +157,10 @@ def create_pipeline(config: RunConfig, pipeline_root: Optional[str] = None,
     evaluator = tfx.components.Evaluator(
         examples=example_gen.outputs["examples"],
         model=trainer.outputs["model"],
-        baseline_model=model_resolver.outputs["model"],
+        # Without a baseline every run is judged like a first run: value threshold only.
+        baseline_model=model_resolver.outputs["model"] if config.baseline else None,
         eval_config=eval_config(config, class_count(config.data)))
-    components += [model_resolver, evaluator]
+    components += [model_resolver, evaluator] if config.baseline else [evaluator]
 
     if config.projector:
         from components.embedding_projector import EmbeddingProjector
