@@ -99,17 +99,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Errors that mean bad input (data, config, weights): one line and exit 2, no
+# traceback. Looked up among the modules already imported, so that `predict` and
+# `serve` do not pay for importing TFX just to name ImageDataError.
+_USER_ERRORS = (("pipeline.config", "ConfigError"), ("modules.backbones", "WeightsUnavailable"),
+                ("components.image_example_gen", "ImageDataError"),
+                ("pipeline.data_sources", "DataSourceError"))
+
+
+def _user_errors() -> tuple:
+    return tuple(getattr(sys.modules[m], n) for m, n in _USER_ERRORS if m in sys.modules)
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from components.image_example_gen import ImageDataError
-    from modules.backbones import WeightsUnavailable
-    from pipeline.config import ConfigError
-    from pipeline.data_sources import DataSourceError
-
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, WeightsUnavailable, ImageDataError, DataSourceError) as e:
+    except Exception as e:  # noqa: BLE001 -- re-raised unless it is a user error
+        if not isinstance(e, _user_errors()):
+            raise
         print(f"tfx-transfer: error: {e}", file=sys.stderr)
         return 2
 

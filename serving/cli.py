@@ -1,0 +1,160 @@
+"""`tfx-transfer predict` and `tfx-transfer serve` (registered by pipeline/cli.py)."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import threading
+
+log = logging.getLogger("tfx_transfer.serving")
+
+
+def _read(path):
+    if not path:
+        return None
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def cmd_predict(args) -> int:
+    import grpc
+
+    from serving.client import ServingClient, ServingError, read_labels
+
+    try:
+        labels = read_labels(args.labels) if args.labels else None
+        client = ServingClient(
+            args.server, args.model, signature_name=args.signature, version=args.version,
+            version_label=args.version_label, timeout_s=args.timeout, tls=args.tls,
+            root_certificates=_read(args.root_certs), private_key=_read(args.client_key),
+            certificate_chain=_read(args.client_cert), server_name=args.server_name,
+            labels=labels)
+        with client:
+            predictions = client.predict(args.images, top_k=args.top_k, batch_size=args.batch_size)
+    except ServingError as e:
+        print(f"tfx-transfer predict: error: {e}", file=sys.stderr)
+        return 3 if e.code == grpc.StatusCode.UNAVAILABLE else 1
+    except (OSError, ValueError, TypeError) as e:
+        print(f"tfx-transfer predict: error: {e}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps([{"image": p.source, "model_version": p.model_version,
+                           "top_k": [dataclass_dict(c) for c in p.top_k]}
+                          for p in predictions], indent=1))
+        return 0
+    for p in predictions:
+        print(f"{p.source} (version {p.model_version})")
+        for c in p.top_k:
+            name = c.class_name if c.class_name is not None else f"class {c.class_id}"
+            print(f"  {c.probability:8.4f}  {name}")
+    return 0
+
+
+def dataclass_dict(c):
+    return {"class_id": c.class_id, "class_name": c.class_name, "probability": c.probability}
+
+
+def _labels_arg(values):
+    labels = {}
+    for item in values or []:
+        label, _, version = item.partition("=")
+        if not label or not version.isdigit():
+            raise argparse.ArgumentTypeError(f"--version-label wants LABEL=VERSION, got {item!r}")
+        labels[label] = int(version)
+    return labels
+
+
+def cmd_serve(args) -> int:
+    from serving.server import ModelServer
+
+    try:
+        labels = _labels_arg(args.version_label)
+        server = ModelServer(
+            args.model_base_path, args.model_name, port=args.port, host=args.host,
+            max_batch_size=args.max_batch_size, max_payload_bytes=args.max_payload_bytes,
+            max_image_pixels=args.max_image_pixels, num_versions=args.num_versions,
+            version_labels=labels, poll_interval_s=args.poll_interval,
+            max_workers=args.max_workers, max_concurrent_requests=args.max_concurrent_requests,
+            tls_cert=_read(args.tls_cert), tls_key=_read(args.tls_key),
+            tls_client_ca=_read(args.tls_client_ca))
+    except (OSError, ValueError, RuntimeError, argparse.ArgumentTypeError) as e:
+        print(f"tfx-transfer serve: error: {e}", file=sys.stderr)
+        return 2
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda signum, frame: stop.set())
+    server.start()
+    # One parseable line: with --port 0 it is how a caller learns the port.
+    print(f"listening on {server.address}", flush=True)
+    stop.wait()
+    log.info("shutting down (grace %.0fs)", args.grace_period)
+    server.stop(grace=args.grace_period)
+    log.info("stopped")
+    return 0
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "predict", help="classify images with a served model over gRPC (TF Serving API)")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (JPEG, PNG, GIF, BMP)")
+    p.add_argument("--server", required=True, help="HOST:PORT of TF Serving or `tfx-transfer serve`")
+    p.add_argument("--model", required=True, help="model name")
+    p.add_argument("--signature", default="serving_images",
+                   help="serving_images (encoded images) or serving_default (tf.Examples)")
+    version = p.add_mutually_exclusive_group()
+    version.add_argument("--version", type=int, help="model version (default: the newest)")
+    version.add_argument("--version-label", help="version label, e.g. stable")
+    p.add_argument("--top-k", type=int, default=5)
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--timeout", type=float, default=30.0,
+                   help="deadline of each request in seconds, retries included")
+    p.add_argument("--batch-size", type=int, default=32, help="images per request")
+    p.add_argument("--labels", help="class vocabulary file (the model's assets/label) for the "
+                                    "names of all top-k classes; the model itself names only "
+                                    "the top-1 class")
+    p.add_argument("--tls", action="store_true", help="TLS with the system's root certificates")
+    p.add_argument("--root-certs", help="PEM root certificates (implies TLS)")
+    p.add_argument("--client-cert", help="PEM client certificate chain (mutual TLS)")
+    p.add_argument("--client-key", help="PEM client private key (mutual TLS)")
+    p.add_argument("--server-name", help="TLS server name to verify, when not the host")
+    p.set_defaults(func=cmd_predict)
+
+    p = subparsers.add_parser(
+        "serve", help="local gRPC model server on the TF Serving API (development only)")
+    p.add_argument("--model-base-path", required=True,
+                   help="folder of <version>/ SavedModels (the Pusher's <serving_dir>/<model>)")
+    p.add_argument("--model-name", required=True)
+    p.add_argument("--port", type=int, default=8500, help="0: any free port")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--max-batch-size", type=int, default=64)
+    p.add_argument("--max-payload-bytes", type=int, default=16 << 20)
+    p.add_argument("--max-image-pixels", type=int, default=4096 * 4096)
+    p.add_argument("--num-versions", type=int, default=1, help="newest versions kept loaded")
+    p.add_argument("--version-label", action="append", metavar="LABEL=VERSION")
+    p.add_argument("--poll-interval", type=float, default=2.0,
+                   help="seconds between looks for a newly pushed version")
+    p.add_argument("--max-workers", type=int, default=8, help="request threads")
+    p.add_argument("--max-concurrent-requests", type=int,
+                   help="more are refused with RESOURCE_EXHAUSTED (default: no limit)")
+    p.add_argument("--tls-cert", help="PEM server certificate chain")
+    p.add_argument("--tls-key", help="PEM server private key")
+    p.add_argument("--tls-client-ca", help="PEM CA that client certificates must chain to")
+    p.add_argument("--grace-period", type=float, default=5.0,
+                   help="seconds running requests get to finish on SIGTERM/SIGINT")
+    p.set_defaults(func=cmd_serve)
+
+
+def main(argv=None) -> int:
+    """`python -m serving.cli`: the same commands without the pipeline's imports (starts faster)."""
+    logging.basicConfig(level=logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    parser = argparse.ArgumentParser(prog="python -m serving.cli")
+    register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

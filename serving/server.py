@@ -1,0 +1,617 @@
+"""A local gRPC server on TF Serving's own API, for development without Docker.
+
+    tfx-transfer serve --model-base-path runs/demo/serving/classifier --model-name classifier
+
+It serves the SavedModel versions the Pusher wrote under <base path>/<version>/
+through ``tensorflow.serving.PredictionService`` (Predict, Classify,
+GetModelMetadata) and ``tensorflow.serving.ModelService`` (GetModelStatus), so a
+client written against it works unchanged against TF Serving. Production runs
+TF Serving itself (k8s/serving/); this is the stand-in for a laptop and tests.
+
+Like TF Serving it polls the base path, loads a newly pushed version and then
+unloads the old one (the old one keeps answering until the new one is loaded
+and warmed up), and keeps the last good version when a new one fails to load.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+import threading
+import time
+from concurrent import futures
+from typing import Dict, List, Optional, Tuple
+
+import grpc
+import numpy as np
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from modules import keras_compat  # noqa: F401
+import tensorflow as tf
+from tensorflow.core.framework import types_pb2
+from tensorflow.core.protobuf import saved_model_pb2
+from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2,
+                                     get_model_status_pb2, model_service_pb2_grpc,
+                                     predict_pb2, prediction_service_pb2_grpc, status_pb2)
+
+from serving import signatures as sigs
+
+log = logging.getLogger("tfx_transfer.serving")
+
+DEFAULT_SIGNATURE = "serving_default"  # what TF Serving uses when the request names none
+PREDICTION_SERVICE = "tensorflow.serving.PredictionService"
+MODEL_SERVICE = "tensorflow.serving.ModelService"
+State = get_model_status_pb2.ModelVersionStatus.State
+_CODES = {c.value[0]: c for c in grpc.StatusCode}
+
+
+class RequestError(Exception):
+    def __init__(self, code: grpc.StatusCode, message: str):
+        super().__init__(message)
+        self.code, self.message = code, message
+
+
+def _dtype_name(dtype: int) -> str:
+    return types_pb2.DataType.Name(dtype)
+
+
+def _shape_of(tensor_shape) -> Optional[List[int]]:
+    return None if tensor_shape.unknown_rank else [d.size for d in tensor_shape.dim]
+
+
+def _tf_message(e: tf.errors.OpError) -> str:
+    """The line of a TF error that says what was wrong, without graph noise."""
+    lines = [l.strip() for l in (e.message or "").splitlines()]
+    useful = [l for l in lines if l and not l.startswith(
+        ("Graph execution error", "Detected at node", "<stack traces", "[[{{node"))]
+    text = " ".join(useful) or type(e).__name__
+    return text.split(" [Op:")[0].split("\t [[")[0].strip()
+
+
+# --------------------------------------------------------------------------
+# A loaded version
+@dataclasses.dataclass
+class LoadedVersion:
+    version: int
+    path: str
+    model: object  # the tf.saved_model.load object: keeps the functions alive
+    signature_defs: Dict[str, object]  # name -> meta_graph_pb2.SignatureDef
+    labels: Optional[List[str]]  # the class vocabulary, when the model carries it
+
+    def run(self, signature: str, inputs: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+        fn = self.model.signatures[signature]
+        out = fn(**{k: tf.constant(v) for k, v in inputs.items()})
+        return {k: v.numpy() for k, v in out.items()}
+
+
+def _warmup_png() -> bytes:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8), (127, 127, 127)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def load_version(path: str, version: int) -> LoadedVersion:
+    """Loads and warms up one version; raises when it cannot serve."""
+    model = tf.saved_model.load(path, tags=["serve"])
+    with tf.io.gfile.GFile(f"{path}/saved_model.pb", "rb") as f:
+        saved = saved_model_pb2.SavedModel.FromString(f.read())
+    meta = next(m for m in saved.meta_graphs if "serve" in m.meta_info_def.tags)
+    defs = {k: v for k, v in meta.signature_def.items()
+            if not k.startswith("__") and k in model.signatures}
+    labels = None
+    labels_path = f"{path}/assets/{sigs.LABELS_ASSET}"
+    if tf.io.gfile.exists(labels_path):
+        with tf.io.gfile.GFile(labels_path) as f:
+            labels = [l.rstrip("\n") for l in f if l.strip()]
+    loaded = LoadedVersion(version, path, model, defs, labels)
+    # The first call of a function pays for graph optimisation; pay it here, not
+    # on a client's request, and refuse a version that cannot run.
+    png = _warmup_png()
+    for name, (key, kind) in sigs.SIGNATURE_INPUTS.items():
+        if name in defs and key in defs[name].inputs:
+            element = png if kind == sigs.IMAGES else sigs.image_example(png)
+            loaded.run(name, {key: np.array([element], dtype=object)})
+    return loaded
+
+
+# --------------------------------------------------------------------------
+# Versions on disk -> versions served
+class VersionManager:
+    """Polls <base_path>/<version>/ and keeps the newest `num_versions` loaded."""
+
+    def __init__(self, base_path: str, model_name: str, num_versions: int = 1,
+                 version_labels: Optional[Dict[str, int]] = None, poll_interval_s: float = 2.0,
+                 on_change=None):
+        self.base_path, self.model_name = base_path.rstrip("/"), model_name
+        self.num_versions, self.poll_interval_s = max(1, num_versions), poll_interval_s
+        self.version_labels = dict(version_labels or {})
+        self._on_change = on_change  # called with whether any version is loaded
+        self._lock = threading.Lock()
+        self._loaded: Dict[int, LoadedVersion] = {}
+        self._status: Dict[int, Tuple[int, int, str]] = {}  # version -> (state, code, message)
+        self._failed: Dict[int, tuple] = {}  # version -> stamp of the files that failed
+        self._stop = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+        self._warned_empty = False
+
+    # -- polling ---------------------------------------------------------
+    def on_disk(self) -> Dict[int, str]:
+        """Versions whose saved_model.pb exists (the Pusher copies it last)."""
+        try:
+            names = tf.io.gfile.listdir(self.base_path)
+        except tf.errors.NotFoundError:
+            return {}
+        found = {}
+        for name in names:
+            name = name.rstrip("/")
+            path = f"{self.base_path}/{name}"
+            if name.isdigit() and tf.io.gfile.exists(f"{path}/saved_model.pb"):
+                found[int(name)] = path
+        return found
+
+    @staticmethod
+    def _stamp(path: str) -> tuple:
+        st = tf.io.gfile.stat(f"{path}/saved_model.pb")
+        return st.length, st.mtime_nsec
+
+    def poll_once(self) -> None:
+        disk = self.on_disk()
+        wanted = sorted(disk, reverse=True)[:self.num_versions]
+        if not disk and not self._warned_empty:
+            log.warning("no version of %s under %s yet (waiting for <version>/saved_model.pb)",
+                        self.model_name, self.base_path)
+            self._warned_empty = True
+        for v in wanted:
+            if v in self._loaded:
+                continue
+            stamp = self._stamp(disk[v])
+            if self._failed.get(v) == stamp:  # retried only once its files change
+                continue
+            self._set_status(v, State.LOADING)
+            start = time.time()
+            try:
+                loaded = load_version(disk[v], v)
+            except Exception as e:  # noqa: BLE001 - any failure means: keep serving the old one
+                log.error("cannot load %s version %d from %s: %s", self.model_name, v, disk[v], e)
+                self._failed[v] = stamp
+                self._set_status(v, State.END, grpc.StatusCode.UNKNOWN.value[0],
+                                 f"load failed: {e}"[:2000])
+                continue
+            with self._lock:
+                self._loaded[v] = loaded
+            self._set_status(v, State.AVAILABLE)
+            log.info("serving %s version %d from %s (loaded in %.1fs)", self.model_name, v,
+                     disk[v], time.time() - start)
+        # Unload what is no longer wanted, but never the last servable version
+        # while the wanted ones failed to load (unless its files are gone).
+        keep_old = not any(v in self._loaded for v in wanted)
+        for v in list(self._loaded):
+            if v not in wanted and (v not in disk or not keep_old):
+                with self._lock:
+                    del self._loaded[v]
+                self._set_status(v, State.END)
+                log.info("unloaded %s version %d", self.model_name, v)
+        if self._on_change:
+            self._on_change(bool(self._loaded))
+
+    def _set_status(self, version, state, code=0, message=""):
+        with self._lock:
+            self._status[version] = (state, code, message)
+
+    def _loop(self):
+        while True:
+            try:
+                self.poll_once()
+            except Exception:  # noqa: BLE001 - a flaky file system must not end polling
+                log.exception("polling %s failed", self.base_path)
+            if self._stop.wait(self.poll_interval_s):
+                return
+
+    def start(self):
+        self._thread = threading.Thread(target=self._loop, name="version-poller", daemon=True)
+        self._thread.start()
+
+    def stop(self):
+        self._stop.set()
+        if self._thread:
+            self._thread.join(timeout=60)
+
+    # -- requests --------------------------------------------------------
+    def loaded(self) -> Dict[int, LoadedVersion]:
+        with self._lock:
+            return dict(self._loaded)
+
+    def status(self) -> Dict[int, Tuple[int, int, str]]:
+        with self._lock:
+            return dict(self._status)
+
+    def check_name(self, spec) -> None:
+        if not spec.name:
+            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
+                               f"model_spec.name is empty; this server serves '{self.model_name}'")
+        if spec.name != self.model_name:
+            raise RequestError(grpc.StatusCode.NOT_FOUND,
+                               f"model '{spec.name}' is not served here; this server serves "
+                               f"'{self.model_name}'")
+
+    def resolve(self, spec) -> LoadedVersion:
+        """The loaded version a ModelSpec asks for (by number, label, or the newest)."""
+        self.check_name(spec)
+        loaded = self.loaded()
+        which = spec.WhichOneof("version_choice")
+        if which == "version_label":
+            label = spec.version_label
+            if label not in self.version_labels:
+                known = ", ".join(sorted(self.version_labels)) or "none configured"
+                raise RequestError(grpc.StatusCode.NOT_FOUND,
+                                   f"unknown version label '{label}' (labels: {known})")
+            version = self.version_labels[label]
+        elif which == "version":
+            version = spec.version.value
+        else:
+            if not loaded:
+                raise RequestError(grpc.StatusCode.UNAVAILABLE,
+                                   f"model '{self.model_name}' has no loaded version yet "
+                                   f"(base path {self.base_path})")
+            return loaded[max(loaded)]
+        if version not in loaded:
+            served = ", ".join(map(str, sorted(loaded))) or "none"
+            raise RequestError(grpc.StatusCode.NOT_FOUND,
+                               f"version {version} of model '{self.model_name}' is not loaded "
+                               f"(loaded: {served})")
+        return loaded[version]
+
+
+# --------------------------------------------------------------------------
+# Request checks
+def _signature(loaded: LoadedVersion, name: str):
+    name = name or DEFAULT_SIGNATURE
+    if name not in loaded.signature_defs:
+        raise RequestError(grpc.StatusCode.NOT_FOUND,
+                           f"signature '{name}' not found in version {loaded.version}; it has: "
+                           f"{', '.join(sorted(loaded.signature_defs))}")
+    return name, loaded.signature_defs[name]
+
+
+def _describe(info) -> str:
+    return f"{_dtype_name(info.dtype)} {_shape_of(info.tensor_shape)}"
+
+
+def _to_array(key: str, proto) -> np.ndarray:
+    shape = _shape_of(proto.tensor_shape) or []
+    if any(d < 0 for d in shape):
+        raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, f"input '{key}' has shape {shape}")
+    count = int(np.prod(shape)) if shape else 1
+    if proto.dtype == types_pb2.DT_STRING:
+        # tf.make_ndarray pads a short string list with copies of its last value.
+        if len(proto.string_val) != count:
+            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
+                               f"input '{key}' has shape {shape} ({count} elements) but holds "
+                               f"{len(proto.string_val)} strings")
+        return np.array(list(proto.string_val), dtype=object).reshape(shape)
+    try:
+        return tf.make_ndarray(proto)
+    except Exception as e:  # noqa: BLE001 - any malformed tensor is the caller's mistake
+        raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
+                           f"input '{key}' is not a valid {_dtype_name(proto.dtype)} tensor: {e}")
+
+
+class Limits:
+    def __init__(self, max_batch_size: int = 64, max_image_pixels: int = 4096 * 4096):
+        self.max_batch_size, self.max_image_pixels = max_batch_size, max_image_pixels
+
+
+def check_inputs(sig_name: str, sig, tensors, limits: Limits) -> Dict[str, np.ndarray]:
+    """Request tensors -> arrays, or a RequestError that names what is wrong."""
+    expected = dict(sig.inputs)
+    wanted = ", ".join(f"'{k}' ({_describe(v)})" for k, v in sorted(expected.items()))
+    unknown = sorted(set(tensors) - set(expected))
+    missing = sorted(set(expected) - set(tensors))
+    if unknown or missing:
+        what = (f"unknown input(s) {unknown}" if unknown else "") + \
+               ("; " if unknown and missing else "") + \
+               (f"missing input(s) {missing}" if missing else "")
+        raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
+                           f"{what}; signature '{sig_name}' takes {wanted}")
+    arrays = {}
+    for key, info in expected.items():
+        proto = tensors[key]
+        if proto.dtype != info.dtype:
+            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
+                               f"input '{key}' has dtype {_dtype_name(proto.dtype)}; signature "
+                               f"'{sig_name}' expects {_dtype_name(info.dtype)}")
+        got, want = _shape_of(proto.tensor_shape), _shape_of(info.tensor_shape)
+        if got is None or (want is not None and (
+                len(got) != len(want) or any(w >= 0 and w != g for g, w in zip(got, want)))):
+            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
+                               f"input '{key}' has shape {got}; signature '{sig_name}' expects "
+                               f"{want} (-1: any size)")
+        if got and got[0] == 0:
+            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
+                               f"empty batch: input '{key}' holds no elements")
+        if got and got[0] > limits.max_batch_size:
+            raise RequestError(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                               f"batch of {got[0]} is over this server's limit of "
+                               f"{limits.max_batch_size}; send smaller batches")
+        arrays[key] = _to_array(key, proto)
+    contract = sigs.SIGNATURE_INPUTS.get(sig_name)
+    if contract and contract[0] in arrays:
+        _check_images(contract[0], contract[1], arrays[contract[0]], limits)
+    return arrays
+
+
+def _check_images(key: str, kind: str, values: np.ndarray, limits: Limits) -> None:
+    for i, value in enumerate(values.reshape(-1)):
+        try:
+            image = sigs.image_of_example(value) if kind == sigs.EXAMPLES else value
+            sigs.check_image(image, limits.max_image_pixels)
+        except sigs.ImageTooLarge as e:
+            raise RequestError(grpc.StatusCode.RESOURCE_EXHAUSTED, f"{key}[{i}]: image {e}")
+        except ValueError as e:
+            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, f"{key}[{i}]: {e}")
+
+
+# --------------------------------------------------------------------------
+# Services
+def _rpc(method):
+    """Turns every failure of a handler into a status; nothing escapes to kill a worker."""
+    @functools.wraps(method)
+    def wrapper(self, request, context):
+        try:
+            return method(self, request, context)
+        except RequestError as e:
+            log.info("%s: %s %s", method.__name__, e.code.name, e.message)
+            context.abort(e.code, e.message)
+        except tf.errors.OpError as e:
+            code = _CODES.get(e.error_code, grpc.StatusCode.INTERNAL)
+            log.info("%s: %s %s", method.__name__, code.name, _tf_message(e))
+            context.abort(code, _tf_message(e))
+        except Exception as e:  # noqa: BLE001
+            log.exception("%s failed", method.__name__)
+            context.abort(grpc.StatusCode.INTERNAL, f"{type(e).__name__}: {e}")
+    return wrapper
+
+
+def _response_spec(target, loaded: LoadedVersion, model_name: str, signature: str = ""):
+    target.name = model_name
+    target.version.value = loaded.version
+    if signature:
+        target.signature_name = signature
+
+
+class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
+    def __init__(self, manager: VersionManager, limits: Limits):
+        self.manager, self.limits = manager, limits
+
+    @_rpc
+    def Predict(self, request, context):
+        loaded = self.manager.resolve(request.model_spec)
+        name, sig = _signature(loaded, request.model_spec.signature_name)
+        arrays = check_inputs(name, sig, request.inputs, self.limits)
+        unknown = sorted(set(request.output_filter) - set(sig.outputs))
+        if unknown:
+            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
+                               f"output_filter names unknown output(s) {unknown}; signature "
+                               f"'{name}' has {sorted(sig.outputs)}")
+        outputs = loaded.run(name, arrays)
+        response = predict_pb2.PredictResponse()
+        _response_spec(response.model_spec, loaded, self.manager.model_name, name)
+        for key, value in outputs.items():
+            if not request.output_filter or key in request.output_filter:
+                response.outputs[key].CopyFrom(tf.make_tensor_proto(value))
+        return response
+
+    @_rpc
+    def Classify(self, request, context):
+        loaded = self.manager.resolve(request.model_spec)
+        name, sig = _signature(loaded, request.model_spec.signature_name)
+        contract = sigs.SIGNATURE_INPUTS.get(name)
+        string_inputs = [k for k, v in sig.inputs.items() if v.dtype == types_pb2.DT_STRING]
+        if (contract and contract[1] != sigs.EXAMPLES) or len(sig.inputs) != 1 or not string_inputs:
+            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
+                               f"Classify needs a signature whose one input is serialized "
+                               f"tf.Examples; '{name}' takes {sorted(sig.inputs)} "
+                               f"({', '.join(_describe(v) for v in sig.inputs.values())}). "
+                               f"Use '{DEFAULT_SIGNATURE}', or Predict")
+        scores_key = next((k for k in ("scores", sigs.PROBABILITIES) if k in sig.outputs), None)
+        if scores_key is None:
+            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
+                               f"signature '{name}' has no 'scores' or '{sigs.PROBABILITIES}' "
+                               f"output to classify with (outputs: {sorted(sig.outputs)})")
+        examples = _examples_of(request.input)
+        key = string_inputs[0]
+        arrays = check_inputs(name, sig, {key: sigs.string_tensor(examples)}, self.limits)
+        outputs = loaded.run(name, arrays)
+        scores = np.asarray(outputs[scores_key])
+        classes = outputs.get("classes")
+        response = classification_pb2.ClassificationResponse()
+        _response_spec(response.model_spec, loaded, self.manager.model_name, name)
+        for i, row in enumerate(scores.reshape(len(examples), -1)):
+            result = response.result.classifications.add()
+            for j, score in enumerate(row):
+                if classes is not None:
+                    label = classes[i][j]
+                elif loaded.labels and len(loaded.labels) == len(row):
+                    label = loaded.labels[j]
+                else:
+                    label = str(j)
+                label = label.decode() if isinstance(label, bytes) else label
+                result.classes.add(label=label, score=float(score))
+        return response
+
+    @_rpc
+    def Regress(self, request, context):
+        raise RequestError(grpc.StatusCode.UNIMPLEMENTED,
+                           "Regress: the classifier has no regression signature; use Predict")
+
+    @_rpc
+    def MultiInference(self, request, context):
+        raise RequestError(grpc.StatusCode.UNIMPLEMENTED,
+                           "MultiInference is not implemented by the local server; use Predict")
+
+    @_rpc
+    def GetModelMetadata(self, request, context):
+        loaded = self.manager.resolve(request.model_spec)
+        fields = list(request.metadata_field)
+        if not fields:
+            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
+                               "metadata_field is empty; ask for 'signature_def'")
+        unsupported = [f for f in fields if f != "signature_def"]
+        if unsupported:
+            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
+                               f"metadata field(s) {unsupported} not supported; only "
+                               "'signature_def'")
+        response = get_model_metadata_pb2.GetModelMetadataResponse()
+        _response_spec(response.model_spec, loaded, self.manager.model_name)
+        sig_map = get_model_metadata_pb2.SignatureDefMap()
+        for name, sig in loaded.signature_defs.items():
+            sig_map.signature_def[name].CopyFrom(sig)
+        response.metadata["signature_def"].Pack(sig_map)
+        return response
+
+
+def _examples_of(input_proto) -> List[bytes]:
+    which = input_proto.WhichOneof("kind")
+    if which == "example_list":
+        examples = list(input_proto.example_list.examples)
+    elif which == "example_list_with_context":
+        ctx = input_proto.example_list_with_context.context
+        examples = []
+        for e in input_proto.example_list_with_context.examples:
+            merged = type(ctx)()
+            merged.CopyFrom(ctx)
+            merged.MergeFrom(e)
+            examples.append(merged)
+    else:
+        raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, "Classify request has no input "
+                           "(input.example_list or input.example_list_with_context)")
+    return [e.SerializeToString() for e in examples]
+
+
+class ModelService(model_service_pb2_grpc.ModelServiceServicer):
+    def __init__(self, manager: VersionManager):
+        self.manager = manager
+
+    @_rpc
+    def GetModelStatus(self, request, context):
+        spec = request.model_spec
+        self.manager.check_name(spec)
+        status = self.manager.status()
+        which = spec.WhichOneof("version_choice")
+        if which == "version_label":
+            if spec.version_label not in self.manager.version_labels:
+                raise RequestError(grpc.StatusCode.NOT_FOUND,
+                                   f"unknown version label '{spec.version_label}'")
+            versions = [self.manager.version_labels[spec.version_label]]
+        elif which == "version":
+            versions = [spec.version.value]
+        else:
+            versions = sorted(status, reverse=True)
+        if not versions:
+            raise RequestError(grpc.StatusCode.NOT_FOUND,
+                               f"no version of model '{self.manager.model_name}' found yet "
+                               f"under {self.manager.base_path}")
+        if versions[0] not in status:
+            raise RequestError(grpc.StatusCode.NOT_FOUND,
+                               f"version {versions[0]} of model '{self.manager.model_name}' is "
+                               f"unknown to this server (known: {sorted(status) or 'none'})")
+        response = get_model_status_pb2.GetModelStatusResponse()
+        for v in versions:
+            state, code, message = status[v]
+            response.model_version_status.add(
+                version=v, state=state,
+                status=status_pb2.StatusProto(error_code=code, error_message=message))
+        return response
+
+    @_rpc
+    def HandleReloadConfigRequest(self, request, context):
+        raise RequestError(grpc.StatusCode.UNIMPLEMENTED,
+                           "the local server serves one model from --model-base-path and has no "
+                           "model config to reload")
+
+
+# --------------------------------------------------------------------------
+class ModelServer:
+    """The gRPC server: start(), wait_until_available(), stop()."""
+
+    def __init__(self, model_base_path: str, model_name: str, port: int = 0,
+                 host: str = "127.0.0.1", max_batch_size: int = 64,
+                 max_payload_bytes: int = 16 << 20, max_image_pixels: int = 4096 * 4096,
+                 num_versions: int = 1, version_labels: Optional[Dict[str, int]] = None,
+                 poll_interval_s: float = 2.0, max_workers: int = 8,
+                 max_concurrent_requests: Optional[int] = None,
+                 tls_cert: Optional[bytes] = None, tls_key: Optional[bytes] = None,
+                 tls_client_ca: Optional[bytes] = None):
+        self.health = health.HealthServicer()
+        self._service_names = ("", model_name, PREDICTION_SERVICE, MODEL_SERVICE)
+        self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        self.manager = VersionManager(model_base_path, model_name, num_versions, version_labels,
+                                      poll_interval_s, on_change=self._on_change)
+        limits = Limits(max_batch_size, max_image_pixels)
+        # gRPC itself answers RESOURCE_EXHAUSTED to a message over the limit and
+        # to requests beyond max_concurrent_requests, before any handler runs.
+        self._server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="rpc"),
+            options=[("grpc.max_receive_message_length", max_payload_bytes),
+                     ("grpc.max_send_message_length", -1),
+                     ("grpc.so_reuseport", 0)],
+            maximum_concurrent_rpcs=max_concurrent_requests)
+        prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
+            PredictionService(self.manager, limits), self._server)
+        model_service_pb2_grpc.add_ModelServiceServicer_to_server(
+            ModelService(self.manager), self._server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
+        address = f"{host}:{port}"
+        if bool(tls_cert) != bool(tls_key):
+            raise ValueError("TLS needs both the server certificate and its private key")
+        if tls_cert:
+            creds = grpc.ssl_server_credentials([(tls_key, tls_cert)],
+                                                root_certificates=tls_client_ca,
+                                                require_client_auth=tls_client_ca is not None)
+            self.port = self._server.add_secure_port(address, creds)
+        else:
+            self.port = self._server.add_insecure_port(address)
+        if not self.port:
+            raise OSError(f"cannot bind {address}")
+        self.address = f"{host}:{self.port}"
+        self._available = threading.Event()
+        self._stopping = False
+
+    def _set_health(self, status):
+        for name in self._service_names:
+            self.health.set(name, status)
+
+    def _on_change(self, serving: bool):
+        if self._stopping:
+            return
+        self._set_health(health_pb2.HealthCheckResponse.SERVING if serving
+                         else health_pb2.HealthCheckResponse.NOT_SERVING)
+        if serving:
+            self._available.set()
+
+    def start(self) -> "ModelServer":
+        self._server.start()
+        self.manager.start()
+        log.info("local model server for '%s' on %s (base path %s)", self.manager.model_name,
+                 self.address, self.manager.base_path)
+        return self
+
+    def wait_until_available(self, timeout: Optional[float] = None) -> bool:
+        return self._available.wait(timeout)
+
+    def stop(self, grace: float = 5.0) -> None:
+        """Refuses new requests, lets running ones finish for up to `grace` seconds."""
+        self._stopping = True
+        self.health.enter_graceful_shutdown()
+        self._server.stop(grace).wait()
+        self.manager.stop()
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop(grace=1.0)
