@@ -18,7 +18,7 @@ import time
 
 import pytest
 
-from conftest import REPO, SAMPLE
+from conftest import MNV2_NO_TOP, REPO, SAMPLE
 
 pytestmark = pytest.mark.slow
 
@@ -73,8 +73,15 @@ def artefacts(tmp_path_factory):
     from pipeline.runners import DEFAULT_BEAM_ARGS
 
     out = tmp_path_factory.mktemp("mw_artefacts")
-    weights = calibrated_random_weights(str(out / "mobilenet_v2_random_calibrated.h5"))
-    config = RunConfig(data=SAMPLE, output=str(out), projector=False, weights=weights, **TRAIN)
+    # Real ImageNet features where ../shared has them, so that "the same eval
+    # accuracy" is compared above chance; else calibrated random weights.
+    if os.path.exists(MNV2_NO_TOP):
+        # Pretrained pooled features are small (~0.1-1): a larger step for the head.
+        weights, train = MNV2_NO_TOP, dict(TRAIN, learning_rate=3e-2)
+    else:
+        weights, train = calibrated_random_weights(
+            str(out / "mobilenet_v2_random_calibrated.h5")), TRAIN
+    config = RunConfig(data=SAMPLE, output=str(out), projector=False, weights=weights, **train)
     conn = tfx.orchestration.metadata.sqlite_metadata_connection_config(str(out / "mlmd.sqlite"))
     pipeline = create_pipeline(config, pipeline_root=str(out / "root"),
                                metadata_connection_config=conn,
@@ -221,8 +228,9 @@ def test_two_workers_train_the_same_model_as_one(artefacts, tmp_path):
     assert [e for e, _ in one_epochs] == [e for e, _ in w0]
     for (_, a), (_, b) in zip(one_epochs, w0):
         assert a == pytest.approx(b, rel=2e-3)
-    # ...and it is a real one: the training loss falls.
-    assert w0[-1][1] < 0.75 * w0[0][1]
+    # ...and it is a real one: the training loss falls every epoch.
+    losses = [l for _, l in w0]
+    assert all(b < a for a, b in zip(losses, losses[1:])), losses
 
     # Only the chief writes the model.
     chief_log, worker_log = read(logs[0]), read(logs[1])
@@ -241,6 +249,11 @@ def test_two_workers_train_the_same_model_as_one(artefacts, tmp_path):
           f"train loss by epoch {[l for _, l in w0]}")
     assert abs(acc_one - acc_two) <= 0.01
     assert agreement >= 0.95
+    if os.path.exists(MNV2_NO_TOP):
+        # With pretrained features the model must have learnt something: not a
+        # constant answer, and above the 10 % of chance.
+        assert len(set(pred_one)) >= 3
+        assert acc_one >= 0.14
 
 
 def test_killed_worker_resumes_from_the_last_checkpoint(artefacts, tmp_path):
