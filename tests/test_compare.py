@@ -34,6 +34,19 @@ def test_leaderboard_files(tmp_path):
     assert "| B | fine_tune | 2 |" in open(paths["md"]).read()
 
 
+def test_row_takes_training_time_from_the_report_when_the_trainer_was_cached():
+    config = tiny_config("/tmp/x").replace(mode="lp_ft")
+    summary = {"metrics": {"accuracy": 0.5}, "timings_s": {"Trainer": 0.0},
+               "component_states": {"Trainer": "CACHED"},
+               "training": {"phases": [
+                   {"phase": "feature_extraction", "seconds": 90.5, "images_per_s": 660.0},
+                   {"phase": "probe", "seconds": 12.0, "images_per_s": 40000.0},
+                   {"phase": "fine_tune", "seconds": 145.0, "images_per_s": 690.0}]}}
+    r = compare.row(config, summary)
+    assert r["train_s"] == 247.5, "a cached Trainer still cost its training time"
+    assert r["extract_img_s"] == 660.0 and r["train_img_s"] == 690.0
+
+
 @pytest.mark.slow
 @pytest.mark.e2e
 def test_compare_runs_other_backbones_and_reuses_the_cache(tmp_path, capsys):
