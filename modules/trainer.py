@@ -402,7 +402,11 @@ def _count(ds):
 def _outputs(model, images, class_names):
     probs = model(images, training=False)
     ids = tf.argmax(probs, axis=-1)
-    return {"probabilities": probs, "class_ids": ids, "class_names": tf.gather(class_names, ids)}
+    # `classes` names every column of `probabilities` (the convention of TF's
+    # canned estimators), so a client can name its top-k without the vocabulary file.
+    classes = tf.tile(class_names[tf.newaxis, :], [tf.shape(probs)[0], 1])
+    return {"probabilities": probs, "class_ids": ids, "class_names": tf.gather(class_names, ids),
+            "classes": classes}
 
 
 def export(model: keras.Model, tf_transform_output, path: str, class_names: List[str]):

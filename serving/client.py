@@ -199,8 +199,13 @@ class ServingClient:
                        for _, data in chunk]
             outputs, version = self.predict_tensors(
                 {key: string_tensor(payload)}, signature_name,
-                output_filter=(sigs.PROBABILITIES, sigs.CLASS_IDS, sigs.CLASS_NAMES))
+                # No output filter: models exported before `classes` existed lack it,
+                # and TF Serving refuses a filter naming an unknown output.
+                output_filter=())
             probs = np.asarray(outputs[sigs.PROBABILITIES], dtype=np.float32)
+            if sigs.CLASSES in outputs and len(outputs[sigs.CLASSES]):
+                for cid, name in enumerate(outputs[sigs.CLASSES][0]):
+                    self._seen_names[cid] = name.decode()
             for cid, name in zip(outputs[sigs.CLASS_IDS], outputs[sigs.CLASS_NAMES]):
                 self._seen_names[int(cid)] = name.decode()
             for (source, _), row in zip(chunk, probs):

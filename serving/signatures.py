@@ -21,6 +21,7 @@ IMAGE_FEATURE = "image"  # modules/transform.py IMAGE_KEY
 PROBABILITIES = "probabilities"
 CLASS_IDS = "class_ids"
 CLASS_NAMES = "class_names"
+CLASSES = "classes"  # [batch, C]: the name of every probability column
 
 # Input kinds: what one element of a signature's string input holds.
 IMAGES, EXAMPLES = "images", "examples"

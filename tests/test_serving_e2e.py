@@ -75,6 +75,11 @@ def test_served_probabilities_equal_in_process(served, in_process, signature, fm
     np.testing.assert_allclose(np.stack([p.probabilities for p in preds]),
                                local["probabilities"].numpy(), rtol=1e-5, atol=1e-6)
     assert [p.top_k[0].class_name.encode() for p in preds] == local["class_names"].numpy().tolist()
+    # Every top-k class is named, from the model's `classes` output (no vocabulary file given).
+    vocab = [n.decode() for n in local["classes"].numpy()[0]]
+    assert len(vocab) == 10 and len(set(vocab)) == 10
+    for p, row in zip(preds, local["probabilities"].numpy()):
+        assert [c.class_name for c in p.top_k] == [vocab[i] for i in np.argsort(-row, kind="stable")[:3]]
 
 
 def test_metadata_status_and_classify_of_the_pushed_model(served):
