@@ -22,7 +22,7 @@ COPY modules/ modules/
 COPY serving/ serving/
 # The same pins as `make venv`: what ran the tests is what runs on the cluster.
 RUN python -m pip install --no-cache-dir -c constraints.txt . \
- && python -c "import pipeline.kubeflow, pipeline.worker_main, components.tfjob_trainer, \
+ && python -c "import pipeline.runners.kubeflow, components.tfjob_worker, components.tfjob_trainer, \
 modules.trainer, modules.transform, components.image_example_gen"
 
 # Unprivileged, as the TFJob pods require (runAsUser 1000, read-only root

@@ -4,7 +4,7 @@
 
 For batch sizes 1, 8, 32 and 1 or 8 concurrent clients it measures, in the same
 run, (a) calling the `serving_images` signature in this process and (b) the
-same images through ServingClient -> `python -m serving.cli serve` (its own
+same images through ServingClient -> `python -m pipeline.cli serve` (its own
 process, over real gRPC on 127.0.0.1). The figure is the ratio of the p50s
 (goal at batch 1: <= 1.5x). The two are measured cell by cell, alternately, so
 that load from other jobs on the machine hits both alike. Without
@@ -43,11 +43,11 @@ def sample_images():
 def tiny_model(workdir):
     sys.path.insert(0, os.path.join(REPO, "tests"))
     from conftest import tiny_config
-    from pipeline import runners
+    from pipeline.runners import local as runners
 
     config = tiny_config(workdir)
     runners.run(config)
-    return os.path.join(config.resolved_serving_dir, config.model_name)
+    return os.path.join(config.deploy.resolved_serving_dir, config.deploy.model_name)
 
 
 def newest_version(base):
@@ -99,7 +99,7 @@ def summary(latencies, wall, images):
 def start_server(base, name, max_batch):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "serving.cli", "serve", "--model-base-path", base,
+        [sys.executable, "-m", "pipeline.cli", "serve", "--model-base-path", base,
          "--model-name", name, "--port", "0", "--host", "127.0.0.1",
          "--max-batch-size", str(max_batch), "--max-workers", "16"],
         cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)

@@ -26,6 +26,9 @@ from tfx.types import artifact_utils, standard_artifacts
 from tfx.types.component_spec import ChannelParameter, ExecutionParameter
 from tfx.utils import io_utils
 
+from modules import contract
+from modules.contract import FILENAME_KEY, IMAGE_KEY, LABEL_KEY
+
 log = logging.getLogger("tfx_transfer.projector")
 
 EXAMPLES_KEY = "examples"
@@ -90,10 +93,10 @@ def read_sample(files: List[str], num_samples: int, seed: int):
 
     from components import projections
 
-    spec = {"label": tf.io.FixedLenFeature([], tf.string, default_value="")}
+    spec = {LABEL_KEY: tf.io.FixedLenFeature([], tf.string, default_value="")}
     labels = []
     for batch in _records(files).batch(1024):
-        labels.extend(tf.io.parse_example(batch, spec)["label"].numpy())
+        labels.extend(tf.io.parse_example(batch, spec)[LABEL_KEY].numpy())
     chosen = projections.stratified_sample(np.asarray(labels), num_samples, seed)
     wanted, picked = set(chosen.tolist()), []
     for i, record in enumerate(_records(files).as_numpy_iterator()):
@@ -107,10 +110,10 @@ def parse_sample(serialized: List[bytes]):
     import tensorflow as tf
 
     spec = {k: tf.io.FixedLenFeature([], tf.string, default_value="")
-            for k in ("filename", "label", "image")}
+            for k in (FILENAME_KEY, LABEL_KEY, IMAGE_KEY)}
     parsed = tf.io.parse_example(tf.constant(serialized), spec)
     text = lambda k: [v.decode("utf-8", "replace") for v in parsed[k].numpy()]  # noqa: E731
-    return text("filename"), text("label"), list(parsed["image"].numpy())
+    return text(FILENAME_KEY), text(LABEL_KEY), list(parsed[IMAGE_KEY].numpy())
 
 
 def embed_after(model_uri: str, serialized: List[bytes]):
@@ -119,12 +122,12 @@ def embed_after(model_uri: str, serialized: List[bytes]):
     import tensorflow as tf
     from tfx.utils import path_utils
 
-    fn = tf.saved_model.load(path_utils.serving_model_path(model_uri)).signatures["embeddings"]
+    fn = tf.saved_model.load(path_utils.serving_model_path(model_uri)).signatures[contract.EMBEDDINGS]
     embeddings, predicted = [], []
     for start in range(0, len(serialized), BATCH):
-        out = fn(examples=tf.constant(serialized[start:start + BATCH]))
-        embeddings.append(out["embedding"].numpy().astype(np.float32))
-        predicted.extend(v.decode() for v in out["class_names"].numpy())
+        out = fn(**{contract.EXAMPLES_INPUT: tf.constant(serialized[start:start + BATCH])})
+        embeddings.append(out[contract.EMBEDDING].numpy().astype(np.float32))
+        predicted.extend(v.decode() for v in out[contract.CLASS_NAMES].numpy())
     return np.concatenate(embeddings), predicted
 
 
@@ -137,30 +140,31 @@ def embed_before(model_uri: str, transform_graph_uri: str, images: List[bytes], 
     import tensorflow_transform as tft
     import tf_keras as keras
 
-    from modules import backbones, transform
+    from modules import backbones
+    from modules.config import ModuleConfig
 
-    with tf.io.gfile.GFile(os.path.join(model_uri, "transfer_config.json")) as f:
-        cfg = json.load(f)
-    size = transform.image_size(cfg)
-    weights = backbones.resolve_weights(cfg["backbone"], size, cfg.get("weights", "imagenet"))
+    with tf.io.gfile.GFile(os.path.join(model_uri, contract.MODULE_CONFIG_FILE)) as f:
+        mc = ModuleConfig.from_custom_config(json.load(f))
+    size = mc.model.image_size
+    weights = backbones.resolve_weights(mc.model.backbone, size, mc.model.weights)
     # Without pretrained weights "before" is a random initialisation; seeding
     # as the Trainer does (run_fn) redraws the Trainer's own starting weights.
-    keras.utils.set_random_seed(cfg.get("seed", seed))
-    backbone = backbones.get(cfg["backbone"]).build(size, weights=weights)
-    pool = (keras.layers.GlobalAveragePooling2D() if cfg.get("pooling", "avg") == "avg"
+    keras.utils.set_random_seed(mc.training.seed)
+    backbone = backbones.get(mc.model.backbone).build(size, weights=weights)
+    pool = (keras.layers.GlobalAveragePooling2D() if mc.model.pooling == "avg"
             else keras.layers.GlobalMaxPooling2D())
     tft_output = tft.TFTransformOutput(transform_graph_uri)
     tft_layer = tft_output.transform_features_layer()
-    shape = [-1] + list(tft_output.raw_feature_spec()[transform.IMAGE_KEY].shape)
+    shape = [-1] + list(tft_output.raw_feature_spec()[IMAGE_KEY].shape)
 
     @tf.function
     def features(encoded):
-        pixels = tft_layer({transform.IMAGE_KEY: tf.reshape(encoded, shape)})[transform.IMAGE_KEY]
+        pixels = tft_layer({IMAGE_KEY: tf.reshape(encoded, shape)})[IMAGE_KEY]
         return pool(backbone(pixels, training=False))
 
     out = [features(tf.constant(images[s:s + BATCH])).numpy()
            for s in range(0, len(images), BATCH)]
-    return np.concatenate(out).astype(np.float32), cfg
+    return np.concatenate(out).astype(np.float32), mc
 
 
 # --------------------------------------------------------------------------
@@ -225,7 +229,6 @@ class Executor(base_executor.BaseExecutor):
         import tensorflow_transform as tft
 
         from components import projections as P
-        from modules import transform
 
         t0 = time.perf_counter()
         examples = artifact_utils.get_single_instance(input_dict[EXAMPLES_KEY])
@@ -256,18 +259,18 @@ class Executor(base_executor.BaseExecutor):
         after, predicted = embed_after(model_uri, serialized)
         lap("embed_after", start)
         start = time.perf_counter()
-        before, cfg = embed_before(model_uri, graph_uri, images, seed)
+        before, mc = embed_before(model_uri, graph_uri, images, seed)
         lap("embed_before", start)
         thumbnails = P.thumbnail_bytes_to_array(images)
 
-        vocab = tft.TFTransformOutput(graph_uri).vocabulary_by_name(transform.LABEL_VOCAB)
+        vocab = tft.TFTransformOutput(graph_uri).vocabulary_by_name(contract.LABEL_VOCAB)
         class_names = [v.decode() if isinstance(v, bytes) else v for v in vocab]
         class_names += sorted(set(labels) - set(class_names))  # eval-only classes, if any
         extra = {
             "num_samples": len(serialized), "requested_samples": num_samples,
             "eval_examples": total, "num_classes": len(set(labels)), "seed": seed,
-            "backbone": cfg.get("backbone"), "mode": cfg.get("mode"),
-            "weights": cfg.get("weights"), "hidden_units": cfg.get("hidden_units", 0),
+            "backbone": mc.model.backbone, "mode": mc.training.mode,
+            "weights": mc.model.weights, "hidden_units": mc.model.hidden_units,
             "sample_accuracy": float(np.mean(np.asarray(labels) == np.asarray(predicted))),
             "params": {"knn_k": P.KNN_K, "knn_folds": P.KNN_FOLDS, "trustworthiness_k": P.TRUST_K,
                        "tsne": {"perplexity": P.TSNE_PERPLEXITY,
@@ -275,10 +278,10 @@ class Executor(base_executor.BaseExecutor):
                        "umap": {"n_neighbors": P.UMAP_NEIGHBORS, "min_dist": P.UMAP_MIN_DIST}},
             "timings_s": timings, "notes": [],
         }
-        if not cfg.get("weights") or str(cfg.get("weights")).lower() == "none":
+        if mc.model.weights == "none":
             extra["notes"].append("weights=none: 'before' is the randomly initialised backbone, "
-                                  f"redrawn with the Trainer's seed ({cfg.get('seed', seed)}).")
-        title = (f"{cfg.get('backbone')} {cfg.get('mode')}: {len(serialized)} eval examples, "
+                                  f"redrawn with the Trainer's seed ({mc.training.seed}).")
+        title = (f"{mc.model.backbone} {mc.training.mode}: {len(serialized)} eval examples, "
                  "before vs. after training")
         # Written locally, then copied: the artefact URI may be gs:// or s3://
         # (Kubeflow), which matplotlib, PIL and csv cannot write to.

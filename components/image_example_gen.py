@@ -27,9 +27,8 @@ from tfx.types import artifact_utils, standard_component_specs
 from tfx.utils import io_utils, proto_utils
 from google.protobuf import json_format, struct_pb2
 
-SKIPPED_FILE = "skipped_files.json"
-TRAIN_DIRS = ("train",)
-EVAL_DIRS = ("test", "eval")
+from modules import contract
+
 # Keys of exec_properties the executor adds for the Beam transform.
 _REPORT_DIR = "_tfx_transfer_report_dir"
 _GROUPS = "_tfx_transfer_class_groups"
@@ -39,40 +38,8 @@ class ImageDataError(RuntimeError):
     """The image data cannot make a usable dataset; the message says why and where."""
 
 
-def split_layout(data_dir: str, eval_fraction: float = 0.2, layout: str = "auto"):
-    """(input_config, output_config) for an image folder.
-
-    Existing train/ and test/ (or eval/) folders are the splits; otherwise a
-    deterministic hash of the file name splits one folder. layout "folders"
-    (train/ + test/) or "hash" says so without listing data_dir, which a
-    pipeline compiled for a cluster may not be able to do.
-    """
-    if layout == "folders":
-        subdirs = {TRAIN_DIRS[0], EVAL_DIRS[0]}
-    elif layout == "hash":
-        subdirs = set()
-    else:
-        try:
-            subdirs = {os.path.basename(d.rstrip("/")) for d in tf.io.gfile.listdir(data_dir)}
-        except tf.errors.OpError as e:
-            raise ImageDataError(
-                f"cannot list {data_dir} to find its layout ({type(e).__name__}: {e.message}); "
-                "if it exists where the pipeline runs, set data_layout to 'folders' "
-                "(train/ + test/) or 'hash'") from e
-    train = next((d for d in TRAIN_DIRS if d in subdirs), None)
-    evald = next((d for d in EVAL_DIRS if d in subdirs), None)
-    if train and evald:
-        input_config = example_gen_pb2.Input(splits=[
-            example_gen_pb2.Input.Split(name="train", pattern=f"{train}/*/*"),
-            example_gen_pb2.Input.Split(name="eval", pattern=f"{evald}/*/*"),
-        ])
-        return input_config, None
-    input_config = example_gen_pb2.Input(splits=[
-        example_gen_pb2.Input.Split(name="single_split", pattern="*/*")])
-    return input_config, hash_split_config(eval_fraction)
-
-
-def hash_split_config(eval_fraction: float, partition_feature: Optional[str] = "filename"):
+def hash_split_config(eval_fraction: float,
+                      partition_feature: Optional[str] = contract.FILENAME_KEY):
     eval_buckets = max(1, min(99, round(100 * eval_fraction)))
     return example_gen_pb2.Output(
         split_config=example_gen_pb2.SplitConfig(
@@ -124,14 +91,14 @@ def image_to_example(path: str, input_base: str, groups: Optional[Dict[str, str]
         return None, f"image has no pixels ({height}x{width})"
     label = os.path.basename(os.path.dirname(path))
     features = {
-        "image": _bytes(data),
-        "label": _bytes(label.encode()),
-        "filename": _bytes(os.path.relpath(path, input_base).encode()),
-        "height": _int(height),
-        "width": _int(width),
+        contract.IMAGE_KEY: _bytes(data),
+        contract.LABEL_KEY: _bytes(label.encode()),
+        contract.FILENAME_KEY: _bytes(os.path.relpath(path, input_base).encode()),
+        contract.HEIGHT_KEY: _int(height),
+        contract.WIDTH_KEY: _int(width),
     }
     if groups:
-        features["group"] = _bytes(groups[label].encode())
+        features[contract.GROUP_KEY] = _bytes(groups[label].encode())
     return tf.train.Example(features=tf.train.Features(feature=features)), None
 
 
@@ -192,7 +159,7 @@ class Executor(BaseExampleGenExecutor):
             with tf.io.gfile.GFile(path) as f:
                 skipped.extend(json.loads(line) for line in f if line.strip())
         skipped.sort(key=lambda s: s["path"])
-        io_utils.write_string_file(os.path.join(examples.uri, SKIPPED_FILE),
+        io_utils.write_string_file(os.path.join(examples.uri, contract.SKIPPED_FILES_FILE),
                                    json.dumps(skipped, indent=1))
         examples.set_int_custom_property("skipped_files", len(skipped))
         for s in skipped:
@@ -203,7 +170,7 @@ class Executor(BaseExampleGenExecutor):
                 f"{len(skipped)} of {total} image files ({100 * len(skipped) / total:.1f}%) "
                 f"could not be decoded, more than max_bad_fraction={max_bad}. First ones:\n  "
                 + "\n  ".join(f"{s['path']}: {s['reason']}" for s in skipped[:10])
-                + f"\nAll of them are listed in {os.path.join(examples.uri, SKIPPED_FILE)}")
+                + f"\nAll of them are listed in {os.path.join(examples.uri, contract.SKIPPED_FILES_FILE)}")
         for split in artifact_utils.decode_split_names(examples.split_names):
             split_dir = artifact_utils.get_split_uri([examples], split)
             if not _has_record(split_dir):
@@ -269,10 +236,11 @@ class ImageExampleGen(FileBasedExampleGen):
 
     EXECUTOR_SPEC = executor_spec.BeamExecutorSpec(Executor)
 
-    def __init__(self, input_base: str, eval_fraction: float = 0.2,
-                 max_bad_fraction: float = 0.01,
-                 class_groups: Optional[Dict[str, str]] = None, layout: str = "auto"):
-        input_config, output_config = split_layout(input_base, eval_fraction, layout)
+    def __init__(self, input_base, input_config: example_gen_pb2.Input,
+                 output_config: Optional[example_gen_pb2.Output] = None,
+                 max_bad_fraction: float = 0.01, class_groups: Optional[Dict[str, str]] = None):
+        """input_base: a folder, or a RuntimeParameter; the splits are decided by
+        the caller (pipeline/data_sources.py), which knows the layout."""
         settings = struct_pb2.Struct()
         settings.update({"max_bad_fraction": max_bad_fraction, "class_groups": class_groups})
         custom_config = example_gen_pb2.CustomConfig()

@@ -3,9 +3,9 @@
 The standard Trainer component with this executor (pipeline.py sets it when
 config.tfjob_workers > 0) does not train in its own pod. It writes the
 executor's inputs, outputs and exec properties next to the model run
-(pipeline/worker_main.py reads them back into the FnArgs the Trainer would
+(components/tfjob_worker.py reads them back into the FnArgs the Trainer would
 have built), creates a TFJob of N workers running `python -m
-pipeline.worker_main` in the pipeline's image, follows the job's status until
+components.tfjob_worker` in the pipeline's image, follows the job's status until
 it finishes, and fails with the job's reason (and the chief's last log lines)
 when it fails. The Training Operator sets TF_CONFIG in each worker, so
 run_fn trains under MultiWorkerMirroredStrategy and worker 0 writes the model.
@@ -30,13 +30,14 @@ from tfx.dsl.io import fileio
 from tfx.types import artifact_utils, standard_component_specs
 from tfx.utils import json_utils, path_utils
 
+from modules.contract import TFJOB_CONFIG_KEY as CONFIG_KEY
+
 log = logging.getLogger("tfx_transfer.tfjob")
 
-CONFIG_KEY = "tfjob"  # key of the TFJob settings in the Trainer's custom_config
 GROUP, VERSION, PLURAL, KIND = "kubeflow.org", "v1", "tfjobs", "TFJob"
 # The Training Operator finds the TensorFlow container of a replica by this name.
 CONTAINER_NAME = "tensorflow"
-WORKER_COMMAND = ["python", "-m", "pipeline.worker_main"]
+WORKER_COMMAND = ["python", "-m", "components.tfjob_worker"]
 # The image's unprivileged user (Dockerfile); its home and /tmp are the only writable paths.
 RUN_AS_UID, HOME = 1000, "/home/tfx"
 
@@ -47,9 +48,9 @@ class TFJobFailed(RuntimeError):
 
 def settings(config) -> Dict[str, Any]:
     """The TFJob part of a RunConfig, as the executor reads it from custom_config."""
-    return {"workers": config.tfjob_workers, "gpus_per_worker": config.tfjob_gpus_per_worker,
-            "image": config.image, "namespace": config.namespace,
-            "service_account": config.tfjob_service_account}
+    d = config.deploy
+    return {"workers": d.tfjob_workers, "gpus_per_worker": d.tfjob_gpus_per_worker,
+            "image": d.image, "namespace": d.namespace, "service_account": d.tfjob_service_account}
 
 
 def job_name(model_run_uri: str) -> str:
@@ -194,7 +195,7 @@ class Executor(GenericExecutor):
     poll_seconds = 15
 
     def Do(self, input_dict, output_dict, exec_properties: Dict[str, Any]) -> None:
-        from pipeline import worker_main
+        from components import tfjob_worker
 
         self._log_startup(input_dict, output_dict, exec_properties)
         custom_config = json_utils.loads(
@@ -205,7 +206,7 @@ class Executor(GenericExecutor):
         serving_model_dir = path_utils.serving_model_dir(artifact_utils.get_single_uri(
             output_dict[standard_component_specs.MODEL_KEY]))
         fn_args = os.path.join(model_run, "tfjob", "fn_args.json")
-        worker_main.dump(input_dict, output_dict, exec_properties, fn_args)
+        tfjob_worker.dump(input_dict, output_dict, exec_properties, fn_args)
         body = tfjob_spec(job_name(model_run), s["namespace"], s["image"], int(s["workers"]),
                           int(s.get("gpus_per_worker") or 0), fn_args, s.get("service_account", ""))
         api, core = _kubernetes()

@@ -10,6 +10,7 @@ the Transform graph.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -22,12 +23,11 @@ import tensorflow as tf
 import tensorflow_transform as tft
 import tf_keras as keras
 
-from modules import backbones, transform
+from modules import backbones, contract
+from modules.config import ModelConfig, ModuleConfig, TrainingConfig
 
 log = logging.getLogger("tfx_transfer.trainer")
-REPORT_FILE = "training_report.json"
 SHUFFLE_BUFFER = 10_000  # examples (encoded images, or pooled features: ~50 MB at 1280-d)
-CONFIG_FILE = "transfer_config.json"
 
 
 # --------------------------------------------------------------------------
@@ -65,18 +65,18 @@ def is_chief() -> bool:
 
 # --------------------------------------------------------------------------
 # Model
-def build_model(cfg: Dict[str, Any], num_classes: int, weights: Optional[str]):
+def build_model(cfg: ModelConfig, num_classes: int, weights: Optional[str]):
     """(model, backbone, head): model = head(pool(backbone(image)))."""
-    entry = backbones.get(cfg["backbone"])
-    size = transform.image_size(cfg)
+    entry = backbones.get(cfg.backbone)
+    size = cfg.image_size
     backbone = entry.build(size, weights=weights)
     backbone.trainable = False
-    image = keras.Input((size, size, 3), name="image")
+    image = keras.Input((size, size, 3), name=contract.IMAGE_KEY)
     # training=False keeps BatchNorm in inference mode even when the backbone
     # is unfrozen: its moving statistics were learned on ImageNet and a small
     # batch of new data would wreck them.
     features = backbone(image, training=False)
-    pool = keras.layers.GlobalAveragePooling2D if cfg.get("pooling", "avg") == "avg" \
+    pool = keras.layers.GlobalAveragePooling2D if cfg.pooling == "avg" \
         else keras.layers.GlobalMaxPooling2D
     pooled = pool(name="pool")(features)
     head = build_head(int(pooled.shape[-1]), num_classes, cfg)
@@ -113,22 +113,22 @@ class TransferModel(keras.Model):
         return self.compute_metrics(x, y, pred, None)
 
 
-def build_head(dim: int, num_classes: int, cfg: Dict[str, Any]) -> keras.Model:
+def build_head(dim: int, num_classes: int, cfg: ModelConfig) -> keras.Model:
     x = inputs = keras.Input((dim,), name="features")
-    x = keras.layers.Dropout(cfg.get("dropout", 0.2), name="head_dropout")(x)
-    if cfg.get("hidden_units"):
-        x = keras.layers.Dense(cfg["hidden_units"], activation="relu", name="head_hidden")(x)
-        x = keras.layers.Dropout(cfg.get("dropout", 0.2), name="head_hidden_dropout")(x)
+    x = keras.layers.Dropout(cfg.dropout, name="head_dropout")(x)
+    if cfg.hidden_units:
+        x = keras.layers.Dense(cfg.hidden_units, activation="relu", name="head_hidden")(x)
+        x = keras.layers.Dropout(cfg.dropout, name="head_hidden_dropout")(x)
     # float32 output even under mixed precision: softmax in fp16 loses small probabilities.
     outputs = keras.layers.Dense(num_classes, activation="softmax", dtype="float32",
-                                 name="probabilities")(x)
+                                 name=contract.PROBABILITIES)(x)
     return keras.Model(inputs, outputs, name="head")
 
 
 def embedding_model(model: keras.Model) -> keras.Model:
     """image -> penultimate activations (the input of the last Dense)."""
     head = model.get_layer("head")
-    last = head.get_layer("probabilities")
+    last = head.get_layer(contract.PROBABILITIES)
     inner = keras.Model(head.input, last.input)
     return keras.Model(model.input, inner(model.get_layer("pool").output))
 
@@ -166,26 +166,24 @@ class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
                 "warmup_steps": self.warmup_steps, "cosine": self.cosine}
 
 
-def make_optimizer(cfg: Dict[str, Any], lr: float, steps_per_epoch: int, epochs: int):
-    schedule = WarmupCosine(lr, steps_per_epoch * epochs,
-                            int(cfg.get("warmup_epochs", 0) * steps_per_epoch),
-                            cfg.get("cosine_decay", True))
-    clip = {"clipnorm": cfg["clipnorm"]} if cfg.get("clipnorm") else {}
-    name = cfg.get("optimizer", "adamw")
-    if name == "sgd":
-        opt = keras.optimizers.SGD(schedule, momentum=cfg.get("momentum", 0.9),
-                                   weight_decay=cfg.get("weight_decay") or None, **clip)
-    elif name == "adam":
+def make_optimizer(cfg: TrainingConfig, lr: float, steps_per_epoch: int, epochs: int):
+    schedule = WarmupCosine(lr, steps_per_epoch * epochs, int(cfg.warmup_epochs * steps_per_epoch),
+                            cfg.cosine_decay)
+    clip = {"clipnorm": cfg.clipnorm} if cfg.clipnorm else {}
+    if cfg.optimizer == "sgd":
+        opt = keras.optimizers.SGD(schedule, momentum=cfg.momentum,
+                                   weight_decay=cfg.weight_decay or None, **clip)
+    elif cfg.optimizer == "adam":
         opt = keras.optimizers.Adam(schedule, **clip)
     else:
-        opt = keras.optimizers.AdamW(schedule, weight_decay=cfg.get("weight_decay", 1e-4), **clip)
+        opt = keras.optimizers.AdamW(schedule, weight_decay=cfg.weight_decay, **clip)
     return opt
 
 
-def compile_model(model, cfg, lr, steps_per_epoch, epochs):
+def compile_model(model, cfg: TrainingConfig, lr, steps_per_epoch, epochs):
     model.compile(
         optimizer=make_optimizer(cfg, lr, steps_per_epoch, epochs),
-        loss=keras.losses.CategoricalCrossentropy(label_smoothing=cfg.get("label_smoothing", 0.0)),
+        loss=keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing),
         metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")])
 
 
@@ -210,8 +208,8 @@ class PadAndRandomCrop(keras.layers.Layer):
         return dict(super().get_config(), pad=self.pad)
 
 
-def augmentation(cfg: Dict[str, Any], size: int) -> Optional[keras.Sequential]:
-    aug = cfg.get("augment") or []
+def augmentation(cfg: TrainingConfig, size: int) -> Optional[keras.Sequential]:
+    aug = cfg.augment
     if not aug:
         return None
     layers = []
@@ -243,10 +241,10 @@ def image_dataset(file_pattern, data_accessor, tf_transform_output, batch_size: 
     tft_layer = tf_transform_output.transform_features_layer()
 
     def apply(raw):
-        out = tft_layer({transform.IMAGE_KEY: raw[transform.IMAGE_KEY],
-                         transform.LABEL_KEY: raw[transform.LABEL_KEY]})
-        label = tf.one_hot(tf.reshape(out[transform.LABEL_ID_KEY], [-1]), num_classes)
-        return out[transform.IMAGE_KEY], label
+        out = tft_layer({contract.IMAGE_KEY: raw[contract.IMAGE_KEY],
+                         contract.LABEL_KEY: raw[contract.LABEL_KEY]})
+        label = tf.one_hot(tf.reshape(out[contract.LABEL_ID_KEY], [-1]), num_classes)
+        return out[contract.IMAGE_KEY], label
 
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
@@ -285,11 +283,11 @@ class _EpochLog(keras.callbacks.Callback):
                  time.time() - self.t0)
 
 
-def _callbacks(cfg, phase, backup_dir, log_dir):
+def _callbacks(cfg: TrainingConfig, phase, backup_dir, log_dir):
     cbs = [_EpochLog(phase), keras.callbacks.BackupAndRestore(backup_dir)]
-    if cfg.get("early_stopping_patience"):
+    if cfg.early_stopping_patience:
         cbs.append(keras.callbacks.EarlyStopping(
-            monitor="val_accuracy", mode="max", patience=cfg["early_stopping_patience"],
+            monitor="val_accuracy", mode="max", patience=cfg.early_stopping_patience,
             restore_best_weights=True))
     if log_dir:
         cbs.append(keras.callbacks.TensorBoard(os.path.join(log_dir, phase), update_freq="epoch"))
@@ -301,26 +299,27 @@ def _steps(n, batch_size):
 
 
 # --------------------------------------------------------------------------
-def train(cfg: Dict[str, Any], train_images: tf.data.Dataset, eval_images: tf.data.Dataset,
+def train(mc: ModuleConfig, train_images: tf.data.Dataset, eval_images: tf.data.Dataset,
           num_classes: int, work_dir: str, log_dir: Optional[str] = None,
           weights: Optional[str] = None, strategy=None, num_train: Optional[int] = None):
-    """Trains per cfg['mode']; returns (model, report dict).
+    """Trains per mc.training.mode; returns (model, report dict).
 
     Separated from run_fn so that tests and benchmarks drive it without TFX.
     """
+    cfg = mc.training
     strategy = strategy or choose_strategy()
     if tf.config.list_logical_devices("GPU"):
         keras.mixed_precision.set_global_policy("mixed_float16")
-    mode, bs = cfg["mode"], cfg["batch_size"]
-    entry = backbones.get(cfg["backbone"])
+    mode, bs = cfg.mode, cfg.batch_size
+    entry = backbones.get(mc.model.backbone)
     with strategy.scope():
-        model, backbone, head = build_model(cfg, num_classes, weights)
+        model, backbone, head = build_model(mc.model, num_classes, weights)
     report: Dict[str, Any] = {"mode": mode, "backbone": entry.name,
-                              "image_size": transform.image_size(cfg),
+                              "image_size": mc.model.image_size,
                               "num_classes": num_classes, "phases": []}
     tf.io.gfile.makedirs(work_dir)  # gs:// on clusters
-    aug = augmentation(cfg, transform.image_size(cfg))
-    use_cache = cfg.get("cache_features", True) and aug is None
+    aug = augmentation(cfg, mc.model.image_size)
+    use_cache = cfg.cache_features and aug is None
 
     def fit(m, train_ds, eval_ds, epochs, lr, phase, n_train, backbone_lr=None):
         with strategy.scope():
@@ -356,32 +355,32 @@ def train(cfg: Dict[str, Any], train_images: tf.data.Dataset, eval_images: tf.da
                                      "seconds": round(s_tr + s_ev, 2),
                                      "images_per_s": round((n_tr + n_ev) / max(s_tr + s_ev, 1e-9), 1)})
             # Shuffle examples, not cached batches, so every epoch sees new batch mixes.
-            tr = (tr.unbatch().shuffle(min(n_tr, SHUFFLE_BUFFER), seed=cfg.get("seed", 42),
+            tr = (tr.unbatch().shuffle(min(n_tr, SHUFFLE_BUFFER), seed=cfg.seed,
                                        reshuffle_each_iteration=True)
                   .batch(bs).prefetch(tf.data.AUTOTUNE))
             num_train = n_tr
-            fit(head, tr, ev, cfg["epochs"], cfg["learning_rate"], "probe", n_tr)
+            fit(head, tr, ev, cfg.epochs, cfg.learning_rate, "probe", n_tr)
         else:
             num_train = num_train or _count(train_images)
             tr = train_images if aug is None else train_images.map(
                 lambda x, y: (aug(x, training=True), y), num_parallel_calls=tf.data.AUTOTUNE)
-            fit(model, tr, eval_images, cfg["epochs"], cfg["learning_rate"], "probe", num_train)
+            fit(model, tr, eval_images, cfg.epochs, cfg.learning_rate, "probe", num_train)
 
     if mode in ("fine_tune", "lp_ft"):
         num_train = num_train or _count(train_images)
         with strategy.scope():
-            unfrozen = unfreeze_top_groups(backbone, entry, cfg["unfreeze_groups"])
+            unfrozen = unfreeze_top_groups(backbone, entry, cfg.unfreeze_groups)
         report["unfrozen_layers"] = len(unfrozen)
         tr = train_images if aug is None else train_images.map(
             lambda x, y: (aug(x, training=True), y), num_parallel_calls=tf.data.AUTOTUNE)
         if mode == "fine_tune":
             # A fresh head needs the head learning rate; the pretrained blocks
             # get the low one, or the head's large early gradients wreck them.
-            fit(model, tr, eval_images, cfg["fine_tune_epochs"], cfg["learning_rate"],
-                "fine_tune", num_train, backbone_lr=cfg["fine_tune_learning_rate"])
+            fit(model, tr, eval_images, cfg.fine_tune_epochs, cfg.learning_rate,
+                "fine_tune", num_train, backbone_lr=cfg.fine_tune_learning_rate)
         else:
             # lp_ft: the head is already trained; everything moves slowly together.
-            fit(model, tr, eval_images, cfg["fine_tune_epochs"], cfg["fine_tune_learning_rate"],
+            fit(model, tr, eval_images, cfg.fine_tune_epochs, cfg.fine_tune_learning_rate,
                 "fine_tune", num_train)
 
     report["train_examples"] = num_train
@@ -405,8 +404,8 @@ def _outputs(model, images, class_names):
     # `classes` names every column of `probabilities` (the convention of TF's
     # canned estimators), so a client can name its top-k without the vocabulary file.
     classes = tf.tile(class_names[tf.newaxis, :], [tf.shape(probs)[0], 1])
-    return {"probabilities": probs, "class_ids": ids, "class_names": tf.gather(class_names, ids),
-            "classes": classes}
+    return {contract.PROBABILITIES: probs, contract.CLASS_IDS: ids,
+            contract.CLASS_NAMES: tf.gather(class_names, ids), contract.CLASSES: classes}
 
 
 def export(model: keras.Model, tf_transform_output, path: str, class_names: List[str]):
@@ -417,43 +416,43 @@ def export(model: keras.Model, tf_transform_output, path: str, class_names: List
     embed = embedding_model(model)
     raw_spec = tf_transform_output.raw_feature_spec()
     # Only the features a request must carry: serving examples have no label.
-    image_spec = {transform.IMAGE_KEY: raw_spec[transform.IMAGE_KEY]}
-    label_spec = {transform.LABEL_KEY: raw_spec[transform.LABEL_KEY]}
-    image_shape = [-1] + list(raw_spec[transform.IMAGE_KEY].shape)
+    image_spec = {contract.IMAGE_KEY: raw_spec[contract.IMAGE_KEY]}
+    label_spec = {contract.LABEL_KEY: raw_spec[contract.LABEL_KEY]}
+    image_shape = [-1] + list(raw_spec[contract.IMAGE_KEY].shape)
 
     def pixels_from(encoded):
         encoded = tf.reshape(encoded, image_shape)
-        return model.tft_layer({transform.IMAGE_KEY: encoded})[transform.IMAGE_KEY]
+        return model.tft_layer({contract.IMAGE_KEY: encoded})[contract.IMAGE_KEY]
 
     def images_from(serialized):
-        return pixels_from(tf.io.parse_example(serialized, image_spec)[transform.IMAGE_KEY])
+        return pixels_from(tf.io.parse_example(serialized, image_spec)[contract.IMAGE_KEY])
 
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=contract.EXAMPLES_INPUT)])
     def serve_examples(examples):
         return _outputs(model, images_from(examples), names)
 
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="images")])
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=contract.IMAGES_INPUT)])
     def serve_images(images):
         return _outputs(model, pixels_from(images), names)
 
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=contract.EXAMPLES_INPUT)])
     def transform_features(examples):
         parsed = tf.io.parse_example(examples, label_spec)
-        out = model.tft_layer({transform.LABEL_KEY: parsed[transform.LABEL_KEY]})
-        return {transform.LABEL_ID_KEY: out[transform.LABEL_ID_KEY]}
+        out = model.tft_layer({contract.LABEL_KEY: parsed[contract.LABEL_KEY]})
+        return {contract.LABEL_ID_KEY: out[contract.LABEL_ID_KEY]}
 
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=contract.EXAMPLES_INPUT)])
     def embeddings(examples):
         pixels = images_from(examples)
         out = _outputs(model, pixels, names)
-        out["embedding"] = embed(pixels, training=False)
+        out[contract.EMBEDDING] = embed(pixels, training=False)
         return out
 
     signatures = {
-        "serving_default": serve_examples.get_concrete_function(),
-        "serving_images": serve_images.get_concrete_function(),
-        "transform_features": transform_features.get_concrete_function(),
-        "embeddings": embeddings.get_concrete_function(),
+        contract.SERVING_DEFAULT: serve_examples.get_concrete_function(),
+        contract.SERVING_IMAGES: serve_images.get_concrete_function(),
+        contract.TRANSFORM_FEATURES: transform_features.get_concrete_function(),
+        contract.EMBEDDINGS: embeddings.get_concrete_function(),
     }
     model.save(path, save_format="tf", signatures=signatures)
 
@@ -464,30 +463,28 @@ def run_fn(fn_args):
     logging.basicConfig(level=logging.INFO)
     # First: MultiWorkerMirrored must configure collectives before any TF op runs.
     strategy = choose_strategy()
-    cfg = dict(fn_args.custom_config or {})
+    mc = ModuleConfig.from_custom_config(fn_args.custom_config)
     if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and \
-            cfg.get("cache_features", True):
+            mc.training.cache_features:
         # The cache file sits in the work dir that all workers share (it also
         # holds the BackupAndRestore checkpoint every worker must read), so
         # workers would overwrite each other's cache: train on images instead.
         log.info("multi-worker training: feature cache off")
-        cfg["cache_features"] = False
-    tf.keras.utils.set_random_seed(cfg.get("seed", 42))
-    weights = backbones.resolve_weights(cfg["backbone"], transform.image_size(cfg),
-                                        cfg.get("weights", "imagenet"))
+        mc = dataclasses.replace(mc, training=dataclasses.replace(mc.training, cache_features=False))
+    tf.keras.utils.set_random_seed(mc.training.seed)
+    weights = backbones.resolve_weights(mc.model.backbone, mc.model.image_size, mc.model.weights)
     tf_transform_output = tft.TFTransformOutput(fn_args.transform_output)
     class_names = [v.decode() if isinstance(v, bytes) else v for v in
-                   tf_transform_output.vocabulary_by_name(transform.LABEL_VOCAB)]
+                   tf_transform_output.vocabulary_by_name(contract.LABEL_VOCAB)]
     num_classes = len(class_names)
     log.info("%d classes (vocabulary order): %s", num_classes, class_names)
-    bs = cfg["batch_size"]
-    global_bs = bs  # batch_size is the global batch; fit splits it across replicas
+    global_bs = mc.training.batch_size  # the global batch; fit splits it across replicas
     train_ds = image_dataset(fn_args.train_files, fn_args.data_accessor, tf_transform_output,
-                             global_bs, num_classes, shuffle=True, seed=cfg.get("seed", 42))
+                             global_bs, num_classes, shuffle=True, seed=mc.training.seed)
     eval_ds = image_dataset(fn_args.eval_files, fn_args.data_accessor, tf_transform_output,
                             global_bs, num_classes, shuffle=False, seed=0)
     work_dir = os.path.join(fn_args.model_run_dir, "work")
-    model, report = train(cfg, train_ds, eval_ds, num_classes, work_dir,
+    model, report = train(mc, train_ds, eval_ds, num_classes, work_dir,
                           log_dir=fn_args.model_run_dir, weights=weights, strategy=strategy)
     report["class_names"] = class_names
     report["strategy"] = type(strategy).__name__
@@ -499,7 +496,7 @@ def run_fn(fn_args):
         # so every worker reads the weights.
         values = model.get_weights()
         if is_chief():
-            model = build_model(cfg, num_classes, None)[0]
+            model = build_model(mc.model, num_classes, None)[0]
             model.set_weights(values)
     if is_chief():
         out_dir = fn_args.serving_model_dir
@@ -507,12 +504,13 @@ def run_fn(fn_args):
         export(model, tf_transform_output, out_dir, class_names)
         report["export_s"] = round(time.time() - start, 1)
         model_root = os.path.dirname(fn_args.serving_model_dir.rstrip("/"))
-        for name, payload in ((REPORT_FILE, report), (CONFIG_FILE, cfg)):
+        for name, payload in ((contract.TRAINING_REPORT_FILE, report),
+                              (contract.MODULE_CONFIG_FILE, mc.to_custom_config())):
             with tf.io.gfile.GFile(os.path.join(model_root, name), "w") as f:
                 f.write(json.dumps(payload, indent=1))
         if tf.io.gfile.exists(work_dir):  # feature cache and backups: done with them
             tf.io.gfile.rmtree(work_dir)
-        log.info("trained %s (%s) -> %s", cfg["backbone"], cfg["mode"], out_dir)
+        log.info("trained %s (%s) -> %s", mc.model.backbone, mc.training.mode, out_dir)
     else:
         log.info("worker done; the chief writes the model")
     if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):

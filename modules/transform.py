@@ -6,22 +6,14 @@ JPEG it came from is a few KB.
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Optional
+from typing import Dict
 
 import tensorflow as tf
 import tensorflow_transform as tft
 
 from modules import backbones
-
-IMAGE_KEY = "image"
-LABEL_KEY = "label"
-LABEL_ID_KEY = "label_id"
-LABEL_VOCAB = "label"  # vocabulary file name: maps ids back to class names
-
-
-def image_size(custom_config: Optional[Dict[str, Any]]) -> int:
-    cfg = custom_config or {}
-    return int(cfg.get("image_size") or backbones.get(cfg.get("backbone", "MobileNetV2")).default_size)
+from modules.config import ModuleConfig
+from modules.contract import IMAGE_KEY, LABEL_ID_KEY, LABEL_KEY, LABEL_VOCAB
 
 
 def decode_and_resize(encoded: tf.Tensor, size: int) -> tf.Tensor:
@@ -44,9 +36,8 @@ def preprocess_images(encoded: tf.Tensor, backbone: str, size: int) -> tf.Tensor
 
 
 def preprocessing_fn(inputs: Dict[str, tf.Tensor], custom_config=None) -> Dict[str, tf.Tensor]:
-    cfg = custom_config or {}
-    size = image_size(cfg)
-    outputs = {IMAGE_KEY: preprocess_images(inputs[IMAGE_KEY], cfg.get("backbone", "MobileNetV2"), size)}
+    model = ModuleConfig.from_custom_config(custom_config).model
+    outputs = {IMAGE_KEY: preprocess_images(inputs[IMAGE_KEY], model.backbone, model.image_size)}
     # Ties in frequency are ordered reverse-alphabetically by tft; every id ->
     # name mapping therefore goes through this vocabulary file, never sorted().
     outputs[LABEL_ID_KEY] = tft.compute_and_apply_vocabulary(

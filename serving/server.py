@@ -38,7 +38,7 @@ from serving import signatures as sigs
 
 log = logging.getLogger("tfx_transfer.serving")
 
-DEFAULT_SIGNATURE = "serving_default"  # what TF Serving uses when the request names none
+DEFAULT_SIGNATURE = sigs.SERVING_DEFAULT  # what TF Serving uses when the request names none
 PREDICTION_SERVICE = "tensorflow.serving.PredictionService"
 MODEL_SERVICE = "tensorflow.serving.ModelService"
 State = get_model_status_pb2.ModelVersionStatus.State
@@ -427,7 +427,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         arrays = check_inputs(name, sig, {key: sigs.string_tensor(examples)}, self.limits)
         outputs = loaded.run(name, arrays)
         scores = np.asarray(outputs[scores_key])
-        classes = outputs.get("classes")
+        classes = outputs.get(sigs.CLASSES)
         response = classification_pb2.ClassificationResponse()
         _response_spec(response.model_spec, loaded, self.manager.model_name, name)
         for i, row in enumerate(scores.reshape(len(examples), -1)):

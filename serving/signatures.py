@@ -1,6 +1,7 @@
-"""The signature contract of the exported classifier (modules/trainer.py `export`).
+"""How to wrap and check requests for the exported classifier's signatures.
 
-Client and server both lean on it: the client to know how to wrap an image for a
+The names come from modules/contract.py (the exporter in modules/trainer.py
+uses the same ones); client and server both lean on this module: the client to know how to wrap an image for a
 signature, the server to check requests before they reach the graph (so a bad
 request gets a message about the request, not a TensorFlow stack).
 """
@@ -9,19 +10,10 @@ from __future__ import annotations
 import io
 from typing import Optional, Tuple
 
-SERVING_DEFAULT = "serving_default"  # examples: serialized tf.Example with an `image` bytes feature
-SERVING_IMAGES = "serving_images"  # images: encoded JPEG/PNG/GIF/BMP bytes
-EMBEDDINGS = "embeddings"  # examples -> the outputs of serving_default plus `embedding`
-TRANSFORM_FEATURES = "transform_features"  # examples with `label` -> label_id (TFMA)
-
-EXAMPLES_INPUT = "examples"
-IMAGES_INPUT = "images"
-IMAGE_FEATURE = "image"  # modules/transform.py IMAGE_KEY
-
-PROBABILITIES = "probabilities"
-CLASS_IDS = "class_ids"
-CLASS_NAMES = "class_names"
-CLASSES = "classes"  # [batch, C]: the name of every probability column
+from modules.contract import (CLASS_IDS, CLASS_NAMES, CLASSES, EMBEDDINGS,  # noqa: F401
+                              EXAMPLES_INPUT, IMAGE_KEY as IMAGE_FEATURE, IMAGES_INPUT,
+                              LABEL_VOCAB as LABELS_ASSET, PROBABILITIES, SERVING_DEFAULT,
+                              SERVING_IMAGES, TRANSFORM_FEATURES)
 
 # Input kinds: what one element of a signature's string input holds.
 IMAGES, EXAMPLES = "images", "examples"
@@ -31,10 +23,6 @@ SIGNATURE_INPUTS = {
     SERVING_IMAGES: (IMAGES_INPUT, IMAGES),
     EMBEDDINGS: (EXAMPLES_INPUT, EXAMPLES),
 }
-
-# The Transform vocabulary (modules/transform.py LABEL_VOCAB) ends up as this
-# asset of the SavedModel: line i is the name of class id i.
-LABELS_ASSET = "label"
 
 # What tf.io.decode_image reads. PIL calls multi-picture JPEGs (phone cameras) MPO.
 DECODABLE_FORMATS = {"JPEG": "JPEG", "MPO": "JPEG", "PNG": "PNG", "GIF": "GIF", "BMP": "BMP"}

@@ -29,13 +29,13 @@ def tiny_config(output, **overrides):
                   min_accuracy=0.0, max_accuracy_drop=1.0, class_groups=CIFAR_GROUPS,
                   projector=importlib.util.find_spec("components.embedding_projector") is not None)
     values.update(overrides)
-    return RunConfig(**values)
+    return RunConfig.from_dict(values)
 
 
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory):
     """(config, summary) of one real LocalDagRunner run on the bundled sample."""
-    from pipeline import runners
+    from pipeline.runners import local as runners
 
     config = tiny_config(tmp_path_factory.mktemp("tiny_run"))
     summary = runners.run(config)

@@ -6,18 +6,18 @@ import os
 import pytest
 
 from conftest import tiny_config
-from pipeline import compare
+from pipeline.runners import compare
 
 
 def test_combinations_expand_unfreeze_depths_only_for_fine_tuning():
     base = tiny_config("/tmp/x")
     configs = compare.combinations(base, ["MobileNetV2", "ResNet50"], ["linear_probe", "fine_tune"],
                                    [1, 3], [])
-    names = [c.model_name for c in configs]
+    names = [c.deploy.model_name for c in configs]
     assert names == ["mobilenetv2-linear_probe", "mobilenetv2-fine_tune-u1", "mobilenetv2-fine_tune-u3",
                      "resnet50-linear_probe", "resnet50-fine_tune-u1", "resnet50-fine_tune-u3"]
-    assert [c.unfreeze_groups for c in configs if c.mode == "fine_tune"] == [1, 3, 1, 3]
-    assert all(c.output == base.output for c in configs), "one run dir: TFX caching across runs"
+    assert [c.training.unfreeze_groups for c in configs if c.training.mode == "fine_tune"] == [1, 3, 1, 3]
+    assert all(c.deploy.output == base.deploy.output for c in configs), "one run dir: TFX caching across runs"
 
 
 def test_leaderboard_files(tmp_path):
@@ -52,7 +52,7 @@ def test_row_takes_training_time_from_the_report_when_the_trainer_was_cached():
 def test_compare_runs_other_backbones_and_reuses_the_cache(tmp_path, capsys):
     from pipeline import cli
 
-    rc = cli.main(["compare", "--data", tiny_config(tmp_path).data, "--weights", "none",
+    rc = cli.main(["compare", "--data", tiny_config(tmp_path).data.data, "--weights", "none",
                    "--backbones", "MobileNetV3Small,EfficientNetB0", "--modes", "linear_probe,fine_tune",
                    "--unfreeze", "1", "--image-size", "32", "--epochs", "1", "--fine-tune-epochs", "1",
                    "--no-projector", "--output", str(tmp_path / "cmp")])

@@ -3,9 +3,15 @@ import pytest
 from pipeline.config import ConfigError, RunConfig
 
 
+def flat(**values):
+    return RunConfig.from_dict(values)
+
+
 def test_defaults_are_valid():
-    cfg = RunConfig(data="x")
-    assert cfg.mode == "linear_probe" and cfg.resolved_serving_dir.endswith("serving")
+    cfg = flat(data="x")
+    assert cfg.training.mode == "linear_probe" and cfg.deploy.resolved_serving_dir.endswith("serving")
+    # Resolved once: every reader sees the backbone's input size.
+    assert cfg.model.image_size == 224
 
 
 @pytest.mark.parametrize("field,value,needle", [
@@ -19,25 +25,54 @@ def test_defaults_are_valid():
     ("eval_fraction", 1.5, "eval_fraction"),
     ("dropout", 1.0, "dropout"),
     ("augment", ["flip", "mixup"], "augment"),
-    ("weights", "/no/such/file.h5", "weights"),
+    ("weights", "", "weights"),
     ("runner", "airflow", "runner"),
     ("class_groups", {"cat": 3}, "class_groups"),
 ])
 def test_bad_values_are_rejected_naming_the_field(field, value, needle):
     with pytest.raises(ConfigError, match=needle):
-        RunConfig(data="x", **{field: value})
+        flat(data="x", **{field: value})
 
 
 def test_fine_tune_needs_unfrozen_groups():
     with pytest.raises(ConfigError, match="unfreeze_groups"):
-        RunConfig(data="x", mode="fine_tune", unfreeze_groups=0)
+        flat(data="x", mode="fine_tune", unfreeze_groups=0)
 
 
 def test_yaml_and_overrides(tmp_path):
     p = tmp_path / "run.yaml"
     p.write_text("data: imgs\nbackbone: ResNet50\nepochs: 3\n")
     cfg = RunConfig.load(str(p), epochs=5, mode=None)
-    assert (cfg.backbone, cfg.epochs, cfg.mode) == ("ResNet50", 5, "linear_probe")
+    assert (cfg.model.backbone, cfg.training.epochs, cfg.training.mode) == \
+        ("ResNet50", 5, "linear_probe")
+
+
+def test_yaml_in_sections(tmp_path):
+    p = tmp_path / "run.yaml"
+    p.write_text("data: {data: imgs}\nmodel: {backbone: ResNet50, image_size: 64}\n"
+                 "training: {epochs: 3}\n")
+    cfg = RunConfig.load(str(p))
+    assert (cfg.data.data, cfg.model.backbone, cfg.model.image_size, cfg.training.epochs) == \
+        ("imgs", "ResNet50", 64, 3)
+    with pytest.raises(ConfigError, match="epochs"):
+        RunConfig.from_dict({"model": {"epochs": 3}})  # a field in the wrong section
+
+
+def test_config_round_trips_through_custom_config():
+    from modules.config import ModuleConfig
+
+    cfg = flat(data="x", backbone="ResNet50", epochs=3, augment=["flip"])
+    back = ModuleConfig.from_custom_config(cfg.module.to_json())
+    assert back == cfg.module and back.model.image_size == 224
+    with pytest.raises(ConfigError, match="'epoch' \\(did you mean 'epochs'"):
+        ModuleConfig.from_custom_config({"training": {"epoch": 3}})
+
+
+def test_missing_weights_file_is_rejected_before_running(capsys, tmp_path):
+    from pipeline import cli
+
+    assert cli.main(["run", "--data", str(tmp_path), "--weights", "/no/such/file.h5"]) == 2
+    assert "/no/such/file.h5" in capsys.readouterr().err
 
 
 def test_unknown_yaml_key_is_named(tmp_path):

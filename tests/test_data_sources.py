@@ -10,7 +10,7 @@ from components.image_example_gen import image_to_example
 from conftest import SAMPLE
 from pipeline import data_sources
 from pipeline.config import RunConfig
-from pipeline.pipeline import is_tfrecord_input, tfrecord_example_gen
+from pipeline.data_sources import example_gen, is_tfrecord_input
 
 
 def _proto(value, message):
@@ -32,14 +32,14 @@ def test_tfrecord_folder_with_train_and_eval_files(tmp_path):
     write_records(str(tmp_path / "eval.tfrecord"), os.path.join(SAMPLE, "test"))
     (tmp_path / "_DONE").write_text("")
     assert is_tfrecord_input(str(tmp_path))
-    gen = tfrecord_example_gen(RunConfig(data=str(tmp_path)))
+    gen = example_gen(RunConfig.from_dict({"data": str(tmp_path)}))
     splits = _proto(gen.exec_properties["input_config"], example_gen_pb2.Input()).splits
     assert [(s.name, s.pattern) for s in splits] == [("train", "train*"), ("eval", "eval*")]
 
 
 def test_tfrecord_folder_without_splits_is_hash_split(tmp_path):
     write_records(str(tmp_path / "all.tfrecord"), os.path.join(SAMPLE, "train"))
-    gen = tfrecord_example_gen(RunConfig(data=str(tmp_path), eval_fraction=0.25))
+    gen = example_gen(RunConfig.from_dict({"data": str(tmp_path), "eval_fraction": 0.25}))
     output = _proto(gen.exec_properties["output_config"], example_gen_pb2.Output())
     buckets = {s.name: s.hash_buckets for s in output.split_config.splits}
     assert buckets == {"train": 75, "eval": 25}
@@ -49,9 +49,21 @@ def test_image_folder_is_not_tfrecord_input():
     assert not is_tfrecord_input(SAMPLE)
 
 
+def test_glob_of_tfrecords_routes_to_import_example_gen(tmp_path):
+    write_records(str(tmp_path / "part-0.tfrecord"), os.path.join(SAMPLE, "train"))
+    write_records(str(tmp_path / "part-1.tfrecord"), os.path.join(SAMPLE, "test"))
+    pattern = str(tmp_path / "part-*.tfrecord")
+    assert is_tfrecord_input(pattern)
+    gen = example_gen(RunConfig.from_dict({"data": pattern}))
+    assert type(gen).__name__ == "ImportExampleGen"
+    assert gen.exec_properties["input_base"] == str(tmp_path)
+    splits = _proto(gen.exec_properties["input_config"], example_gen_pb2.Input()).splits
+    assert [(s.name, s.pattern) for s in splits] == [("single_split", "part-*.tfrecord")]
+
+
 def test_missing_data_is_a_clear_error(tmp_path):
     with pytest.raises(data_sources.DataSourceError, match="does not exist"):
-        data_sources.prepare(RunConfig(data=str(tmp_path / "nope")))
+        data_sources.prepare(RunConfig.from_dict({"data": str(tmp_path / "nope")}))
 
 
 @pytest.mark.slow  # tfds retries its downloads for minutes before giving up offline

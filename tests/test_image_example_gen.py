@@ -35,10 +35,14 @@ def make_folder(root, classes=("cat", "dog"), per_class=6, split=None):
                 _png(os.path.join(d, f"{i}.png"), mode="RGBA")
 
 
-def run_example_gen(root, out, **kwargs):
+def run_example_gen(root, out, eval_fraction=0.2, **kwargs):
     from tfx import v1 as tfx
 
-    gen = ImageExampleGen(input_base=str(root), **kwargs)
+    from pipeline.data_sources import image_splits
+
+    input_config, output_config = image_splits(str(root), eval_fraction)
+    gen = ImageExampleGen(input_base=str(root), input_config=input_config,
+                          output_config=output_config, **kwargs)
     pipeline = tfx.dsl.Pipeline(
         pipeline_name="eg", pipeline_root=str(out / "root"), components=[gen],
         metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(

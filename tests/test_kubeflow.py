@@ -39,11 +39,11 @@ def config(**overrides):
                   image_size=32, epochs=2, batch_size=32, projector=HAS_PROJECTOR,
                   projector_samples=100)
     values.update(overrides)
-    return RunConfig(**values)
+    return RunConfig.from_dict(values)
 
 
 def compile_to(tmp_path, name="pipeline.json", platform="kubeflow", **overrides):
-    from pipeline import kubeflow
+    from pipeline.runners import kubeflow
 
     out = str(tmp_path / name)
     kubeflow.compile_pipeline(config(**overrides), out, image=IMAGE, pipeline_root=ROOT,
@@ -71,9 +71,19 @@ def executor_class(job, task):
     return args[args.index("--executor_class_path") + 1]
 
 
-def trainer_defaults(job):
+def flat(sections):
+    """The fields of a sectioned custom_config by name."""
+    return {k: v for section in sections.values() if isinstance(section, dict)
+            for k, v in section.items()}
+
+
+def trainer_sections(job):
     params = job["pipelineSpec"]["root"]["inputDefinitions"]["parameters"]
     return json.loads(params["trainer_config"]["defaultValue"])
+
+
+def trainer_defaults(job):
+    return flat(trainer_sections(job))
 
 
 @pytest.fixture(scope="module")
@@ -189,14 +199,14 @@ def test_tfjob_trainer_is_compiled_in(tmp_path):
                           tfjob_service_account="tfx-transfer-trainer", namespace="ml",
                           projector=False))
     assert executor_class(job, "Trainer") == "components.tfjob_trainer.Executor"
-    assert trainer_defaults(job)["tfjob"] == {
+    assert trainer_sections(job)["tfjob"] == {
         "workers": 4, "gpus_per_worker": 2, "image": IMAGE, "namespace": "ml",
         "service_account": "tfx-transfer-trainer"}
 
 
 def test_pipeline_root_must_be_storage_the_platform_accepts():
     from pipeline.config import ConfigError
-    from pipeline.kubeflow import check_pipeline_root
+    from pipeline.runners.kubeflow import check_pipeline_root
 
     assert check_pipeline_root("s3://bucket/root/", "kubeflow") == "s3://bucket/root"
     for root, platform in (("/mnt/pvc/root", "kubeflow"), (None, "kubeflow"),
@@ -206,9 +216,9 @@ def test_pipeline_root_must_be_storage_the_platform_accepts():
 
 
 def test_auto_layout_needs_a_listable_data_root():
-    from components.image_example_gen import ImageDataError, split_layout
+    from pipeline.data_sources import DataSourceError, image_splits as split_layout
 
-    with pytest.raises(ImageDataError, match="data_layout"):
+    with pytest.raises(DataSourceError, match="data_layout"):
         split_layout(DATA, 0.2, "auto")
     inputs, outputs = split_layout(DATA, 0.2, "folders")
     assert [s.pattern for s in inputs.splits] == ["train/*/*", "test/*/*"] and outputs is None
@@ -221,13 +231,13 @@ def test_auto_layout_needs_a_listable_data_root():
 # --------------------------------------------------------------------------
 def test_params_edit_trainer_config_fields_and_reject_unknown_ones(compiled):
     from pipeline.config import ConfigError
-    from pipeline.kubeflow import parameter_values
+    from pipeline.runners.kubeflow import parameter_values
 
     spec = compiled["pipelineSpec"]
     values = parameter_values(spec, ["backbone=ResNet50", "epochs=3", "image_size=64",
                                      "mode=lp_ft", "data_root=gs://other/data"])
     assert values["data_root"] == "gs://other/data"
-    cfg = json.loads(values["trainer_config"])
+    cfg = flat(json.loads(values["trainer_config"]))
     assert (cfg["backbone"], cfg["epochs"], cfg["image_size"], cfg["mode"]) == \
         ("ResNet50", 3, 64, "lp_ft")
     assert cfg["batch_size"] == trainer_defaults(compiled)["batch_size"]
@@ -310,7 +320,7 @@ def test_submit_creates_a_run_with_the_parameters(compiled, fake_kfp, tmp_path, 
     runtime = run["runtime_config"]
     assert runtime["pipeline_root"] == ROOT
     assert runtime["parameters"]["data_root"] == "gs://other/data"
-    assert json.loads(runtime["parameters"]["trainer_config"])["epochs"] == 5
+    assert json.loads(runtime["parameters"]["trainer_config"])["training"]["epochs"] == 5
 
 
 def test_submit_reports_an_unknown_parameter_before_contacting_the_host(compiled, fake_kfp,
@@ -353,7 +363,7 @@ def test_submit_reports_what_the_server_refused(compiled, fake_kfp, tmp_path, ca
 def test_yaml_output_is_the_spec_kfp_reads(tmp_path):
     from kfp.client import client as kfp_client
 
-    from pipeline.kubeflow import load_package
+    from pipeline.runners.kubeflow import load_package
 
     path = compile_to(tmp_path, "pipeline.yaml", projector=False)
     doc = kfp_client._extract_pipeline_yaml(path)  # what kfp 2.5 does with a package file

@@ -1,6 +1,6 @@
 """Real multi-worker training: the Trainer's run_fn under MultiWorkerMirroredStrategy
 with two worker processes on localhost, the way TFJob workers run it
-(python -m pipeline.worker_main, TF_CONFIG naming both workers).
+(python -m components.tfjob_worker, TF_CONFIG naming both workers).
 
 The examples and transform graph come from create_pipeline itself, run up to
 Transform on the bundled CIFAR-10 sample. Settings are deterministic where it
@@ -70,7 +70,7 @@ def artefacts(tmp_path_factory):
 
     from pipeline.config import RunConfig
     from pipeline.pipeline import create_pipeline
-    from pipeline.runners import DEFAULT_BEAM_ARGS
+    from pipeline.runners.local import DEFAULT_BEAM_ARGS
 
     out = tmp_path_factory.mktemp("mw_artefacts")
     # Real ImageNet features where ../shared has them, so that "the same eval
@@ -81,7 +81,8 @@ def artefacts(tmp_path_factory):
     else:
         weights, train = calibrated_random_weights(
             str(out / "mobilenet_v2_random_calibrated.h5")), TRAIN
-    config = RunConfig(data=SAMPLE, output=str(out), projector=False, weights=weights, **train)
+    config = RunConfig.from_dict(dict(data=SAMPLE, output=str(out), projector=False,
+                                      weights=weights, **train))
     conn = tfx.orchestration.metadata.sqlite_metadata_connection_config(str(out / "mlmd.sqlite"))
     pipeline = create_pipeline(config, pipeline_root=str(out / "root"),
                                metadata_connection_config=conn,
@@ -107,10 +108,10 @@ def artefacts(tmp_path_factory):
 
 
 def fn_args_file(artefacts, out_dir, **overrides):
-    """The file pipeline.worker_main reads, for fresh Model/ModelRun outputs under out_dir."""
+    """The file components.tfjob_worker reads, for fresh Model/ModelRun outputs under out_dir."""
     from tfx.types import standard_artifacts
 
-    from pipeline import worker_main
+    from components import tfjob_worker as worker_main
 
     model, model_run = standard_artifacts.Model(), standard_artifacts.ModelRun()
     model.uri, model_run.uri = str(out_dir / "model"), str(out_dir / "model_run")
@@ -144,7 +145,7 @@ def start_worker(fn_args, log_path, tf_config=None):
     if tf_config:
         env["TF_CONFIG"] = json.dumps(tf_config)
     with open(log_path, "a") as log:
-        p = subprocess.Popen([sys.executable, "-m", "pipeline.worker_main", "--fn-args", fn_args],
+        p = subprocess.Popen([sys.executable, "-m", "components.tfjob_worker", "--fn-args", fn_args],
                              cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
     STARTED.append(p)
     return p

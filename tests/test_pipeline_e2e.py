@@ -13,10 +13,10 @@ pytestmark = pytest.mark.e2e
 
 def test_summary_contract(tiny_run):
     config, summary = tiny_run
-    on_disk = json.load(open(os.path.join(config.output, "summary.json")))
+    on_disk = json.load(open(os.path.join(config.deploy.output, "summary.json")))
     assert on_disk["backbone"] == "MobileNetV2" and on_disk["mode"] == "linear_probe"
     assert on_disk["image_size"] == 32
-    assert sorted(on_disk["classes"]) == sorted(os.listdir(os.path.join(config.data, "train")))
+    assert sorted(on_disk["classes"]) == sorted(os.listdir(os.path.join(config.data.data, "train")))
     assert (on_disk["train_examples"], on_disk["eval_examples"]) == (300, 100)
     assert on_disk["skipped_files"] == []
     m = on_disk["metrics"]
@@ -34,12 +34,12 @@ def test_summary_contract(tiny_run):
     for component in ("ImageExampleGen", "StatisticsGen", "SchemaGen", "ExampleValidator",
                       "Transform", "Trainer", "Evaluator", "Pusher"):
         assert component in on_disk["timings_s"]
-    assert os.path.exists(os.path.join(config.output, "confusion_matrix.png"))
+    assert os.path.exists(os.path.join(config.deploy.output, "confusion_matrix.png"))
 
 
 def test_pushed_model_has_tf_serving_layout_and_signatures(tiny_run):
     config, summary = tiny_run
-    base = os.path.join(config.resolved_serving_dir, config.model_name)
+    base = os.path.join(config.deploy.resolved_serving_dir, config.deploy.model_name)
     versions = [d for d in os.listdir(base) if d.isdigit()]
     assert len(versions) == 1
     path = os.path.join(base, versions[0])
@@ -48,7 +48,7 @@ def test_pushed_model_has_tf_serving_layout_and_signatures(tiny_run):
     assert {"serving_default", "serving_images", "transform_features", "embeddings"} <= \
         set(model.signatures)
 
-    files = sorted(glob.glob(os.path.join(config.data, "test", "*", "*.jpg")))[:6]
+    files = sorted(glob.glob(os.path.join(config.data.data, "test", "*", "*.jpg")))[:6]
     images = [open(f, "rb").read() for f in files]
     by_images = model.signatures["serving_images"](images=tf.constant(images))
     examples = [tf.train.Example(features=tf.train.Features(feature={
@@ -82,12 +82,12 @@ def test_tfma_label_mapping_uses_the_vocabulary(tiny_run):
 def test_blessing_gates_the_pusher(tmp_path):
     """A value threshold the model cannot meet: not blessed, nothing pushed."""
     from conftest import tiny_config
-    from pipeline import runners
+    from pipeline.runners import local as runners
 
     config = tiny_config(tmp_path, min_accuracy=0.99, epochs=1, projector=False)
     summary = runners.run(config)
     assert summary["blessed"] is False and summary["pushed_model_dir"] is None
     assert summary["metrics"]["accuracy"] < 0.99
     assert summary["component_states"]["Pusher"] == "COMPLETE"
-    assert not os.path.exists(os.path.join(config.resolved_serving_dir, config.model_name)) or \
-        not os.listdir(os.path.join(config.resolved_serving_dir, config.model_name))
+    assert not os.path.exists(os.path.join(config.deploy.resolved_serving_dir, config.deploy.model_name)) or \
+        not os.listdir(os.path.join(config.deploy.resolved_serving_dir, config.deploy.model_name))

@@ -245,9 +245,9 @@ def test_projector_in_the_tiny_pipeline(tiny_run):
     assert {t.shape for t in tensors.values()} == {(100, 1280)}
     assert [line.split("\t")[0] for line in metadata[1:]] == [r["label"] for r in rows]
 
-    on_disk = json.load(open(os.path.join(config.output, "summary.json")))
+    on_disk = json.load(open(os.path.join(config.deploy.output, "summary.json")))
     assert on_disk["projector"]["after"] == proj["after"]
-    from pipeline.compare import row
+    from pipeline.runners.compare import row
 
     r = row(config, on_disk)
     assert r["silhouette_after"] == proj["after"]["silhouette"]
@@ -256,7 +256,7 @@ def test_projector_in_the_tiny_pipeline(tiny_run):
 
 @pytest.mark.e2e
 def test_projection_artifact_is_typed_in_mlmd(tiny_run):
-    from pipeline.summary import _store
+    from pipeline.runners.summary import _store
 
     config, summary = tiny_run
     store = _store(config)

@@ -22,7 +22,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tensorflow.core.framework import tensor_pb2, types_pb2
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
-from serving import cli as serving_cli
+from pipeline.cli import serving as serving_cli
 from serving import signatures as sigs
 from serving.client import RetryPolicy, ServingClient, ServingError, encode_image
 from serving.signatures import string_tensor
@@ -564,7 +564,7 @@ def test_serve_command_shuts_down_gracefully_on_sigterm(models, tmp_path):
     push(models[0], base, 1)
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "serving.cli", "serve", "--model-base-path", base,
+        [sys.executable, "-m", "pipeline.cli", "serve", "--model-base-path", base,
          "--model-name", "colors", "--port", "0"],
         cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:

@@ -29,11 +29,11 @@ def served(tiny_run):
     config, summary = tiny_run
     pushed = summary["pushed_model_dir"]
     assert pushed, "the tiny run pushed no model"
-    base = os.path.join(config.resolved_serving_dir, config.model_name)
-    srv = ModelServer(base, config.model_name, max_batch_size=MAX_BATCH,
+    base = os.path.join(config.deploy.resolved_serving_dir, config.deploy.model_name)
+    srv = ModelServer(base, config.deploy.model_name, max_batch_size=MAX_BATCH,
                       max_payload_bytes=MAX_PAYLOAD).start()
     assert srv.wait_until_available(300)
-    yield srv, pushed, config.model_name
+    yield srv, pushed, config.deploy.model_name
     srv.stop()
 
 

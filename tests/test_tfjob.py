@@ -1,6 +1,6 @@
 """The TFJob the Trainer launches: its spec against the Training Operator's own CRD
 schema (tests/data/kubeflow.org_tfjobs.yaml), the status loop against a scripted
-API, and the executor's hand-over to pipeline.worker_main."""
+API, and the executor's hand-over to components.tfjob_worker."""
 import copy
 import json
 import os
@@ -91,7 +91,7 @@ def test_spec_runs_the_worker_entrypoint_with_the_settings():
     assert c["name"] == "tensorflow"  # the Training Operator looks the container up by name
     assert c["image"] == "registry.example.com/ml/tfx-transfer:1"
     assert c["command"] + c["args"] == [
-        "python", "-m", "pipeline.worker_main", "--fn-args",
+        "python", "-m", "components.tfjob_worker", "--fn-args",
         "gs://bucket/root/Trainer/model_run/7/tfjob/fn_args.json"]
     assert c["resources"] == {"limits": {"nvidia.com/gpu": 2}}
     assert pod["serviceAccountName"] == "tfx-transfer-trainer"
@@ -222,7 +222,7 @@ def fake_trainer_inputs(tmp_path):
 
 
 def test_executor_hands_the_trainer_inputs_to_the_tfjob_workers(tmp_path, monkeypatch):
-    from pipeline import worker_main
+    from components import tfjob_worker as worker_main
 
     inputs, outputs = fake_trainer_inputs(tmp_path)
     settings = {"workers": 2, "gpus_per_worker": 1, "image": "img:1", "namespace": "ml",

@@ -11,6 +11,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 from modules import backbones, trainer
+from modules.config import ModuleConfig
 
 N, SIZE, CLASSES = 64, 32, 4
 
@@ -23,7 +24,7 @@ def cfg(**kw):
                 warmup_epochs=0.0, cosine_decay=False, clipnorm=None, augment=[],
                 early_stopping_patience=0, cache_features=True, seed=1)
     base.update(kw)
-    return base
+    return ModuleConfig.from_fields(**base)
 
 
 def data(counter=None, n=N):
@@ -107,7 +108,7 @@ def test_fine_tune_changes_only_the_top_groups_and_keeps_bn_statistics(tmp_path,
 
 
 def test_unfreeze_never_cuts_a_group(tmp_path):
-    model, backbone, _ = trainer.build_model(cfg(), CLASSES, None)
+    model, backbone, _ = trainer.build_model(cfg().model, CLASSES, None)
     entry = backbones.get("MobileNetV2")
     for n in (1, 3, 5):
         names = set(trainer.unfreeze_top_groups(backbone, entry, n))
@@ -163,7 +164,7 @@ def test_a_killed_feature_extraction_leaves_no_stale_cache(tmp_path):
     # the next attempt must start the cache over.
     path = tmp_path / "features_train"
     (tmp_path / "features_train_0.lockfile").write_text("x")
-    feature_model, _, _ = trainer.build_model(cfg(), CLASSES, None)
+    feature_model, _, _ = trainer.build_model(cfg().model, CLASSES, None)
     feature_model = keras.Model(feature_model.input, feature_model.get_layer("pool").output)
     _, n, _ = trainer.cached_features(data(), feature_model, str(path), "train")
     assert n == N
@@ -177,11 +178,11 @@ def test_early_stopping_stops(tmp_path):
 
 
 def test_optimizer_switches():
-    c = cfg(optimizer="sgd", momentum=0.8, weight_decay=1e-3, clipnorm=1.0)
+    c = cfg(optimizer="sgd", momentum=0.8, weight_decay=1e-3, clipnorm=1.0).training
     opt = trainer.make_optimizer(c, 0.1, 10, 2)
     assert isinstance(opt, keras.optimizers.SGD) and opt.momentum == 0.8
     assert opt.weight_decay == 1e-3 and opt.clipnorm == 1.0
-    opt = trainer.make_optimizer(cfg(optimizer="adamw", weight_decay=0.05), 0.1, 10, 2)
+    opt = trainer.make_optimizer(cfg(optimizer="adamw", weight_decay=0.05).training, 0.1, 10, 2)
     assert isinstance(opt, keras.optimizers.AdamW) and opt.weight_decay == 0.05
 
 
@@ -201,22 +202,22 @@ def test_label_smoothing_changes_the_loss():
     x, y = np.ones((4, 3), "float32"), tf.one_hot([0, 0, 0, 1], CLASSES)
     losses = []
     for ls in (0.0, 0.2):
-        trainer.compile_model(model, cfg(label_smoothing=ls), 0.1, 1, 1)
+        trainer.compile_model(model, cfg(label_smoothing=ls).training, 0.1, 1, 1)
         losses.append(model.evaluate(x, y, verbose=0)[0])
     assert losses[0] != pytest.approx(losses[1])
 
 
 def test_augmentation_changes_training_images_only():
-    aug = trainer.augmentation(cfg(augment=["flip", "crop", "rotation", "zoom"]), SIZE)
+    aug = trainer.augmentation(cfg(augment=["flip", "crop", "rotation", "zoom"]).training, SIZE)
     x = np.random.RandomState(0).uniform(size=(4, SIZE, SIZE, 3)).astype("float32")
     assert aug(x, training=True).shape == x.shape
     assert not np.allclose(aug(x, training=True).numpy(), x)
     np.testing.assert_allclose(aug(x, training=False).numpy(), x, atol=1e-6)
-    assert trainer.augmentation(cfg(augment=[]), SIZE) is None
+    assert trainer.augmentation(cfg(augment=[]).training, SIZE) is None
 
 
 def test_dropout_and_hidden_head():
-    head = trainer.build_head(16, CLASSES, cfg(dropout=0.5, hidden_units=8))
+    head = trainer.build_head(16, CLASSES, cfg(dropout=0.5, hidden_units=8).model)
     names = [l.name for l in head.layers]
     assert "head_hidden" in names and "head_dropout" in names
     x = np.ones((2, 16), "float32")

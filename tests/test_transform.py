@@ -6,6 +6,7 @@ import tensorflow as tf
 from PIL import Image
 
 from modules import backbones, transform
+from modules.config import ModuleConfig
 
 
 def _encode(arr, fmt):
@@ -36,8 +37,10 @@ def test_backbone_preprocessing_is_the_families_own(name, lo, hi):
     arr = np.random.RandomState(1).randint(0, 255, (8, 8, 3), dtype=np.uint8)
     out = transform.preprocess_images(tf.constant([_encode(arr, "PNG")]), name, 16).numpy()
     assert lo - 1e-3 <= out.min() and out.max() <= hi + 1e-3
-    assert transform.image_size({"backbone": name}) == backbones.get(name).default_size
+    parsed = ModuleConfig.from_custom_config({"model": {"backbone": name}})
+    assert parsed.model.image_size == backbones.get(name).default_size
 
 
 def test_image_size_override():
-    assert transform.image_size({"backbone": "MobileNetV2", "image_size": 96}) == 96
+    parsed = ModuleConfig.from_custom_config({"model": {"backbone": "MobileNetV2", "image_size": 96}})
+    assert parsed.model.image_size == 96

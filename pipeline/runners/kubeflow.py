@@ -1,5 +1,6 @@
 """Kubeflow Pipelines: compile the pipeline of create_pipeline(config) with TFX's
-KubeflowV2DagRunner, and submit the compiled file with the kfp client.
+KubeflowV2DagRunner, and submit the compiled file with the kfp client
+(commands in pipeline/cli/kubeflow.py).
 
     tfx-transfer compile [--config FILE] [run flags] --output pipeline.json \\
         --image IMAGE --pipeline-root gs://BUCKET/root [--platform kubeflow|vertex]
@@ -11,8 +12,9 @@ a whole exec property, not a value inside one, so the spec has two:
 
   data_root       ImageExampleGen's input_base
   trainer_config  custom_config (JSON) of both the Transform and the Trainer:
-                  backbone, image_size, mode, epochs, ... One parameter for
-                  both keeps the preprocessing and the model in step.
+                  the model and training sections of the run config (and
+                  the TFJob settings). One parameter for both keeps the
+                  preprocessing and the model in step.
 
 `submit --param backbone=ResNet50 --param epochs=3` edits fields of
 trainer_config (checked like a run config) so nobody has to write the JSON.
@@ -22,7 +24,6 @@ destination, the projector settings, the Beam arguments and the image.
 from __future__ import annotations
 
 import json
-import sys
 import tempfile
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -53,35 +54,28 @@ def check_pipeline_root(root: Optional[str], platform: str) -> str:
 
 
 def build(config, pipeline_root: str, platform: str = "kubeflow"):
-    """The pipeline of create_pipeline(config), with its runtime parameters in place."""
+    """The pipeline of create_pipeline(config), with its runtime parameters as inputs."""
     from tfx import v1 as tfx
-    from tfx.components.example_gen.component import FileBasedExampleGen
 
-    from pipeline import runners
-    from pipeline.pipeline import create_pipeline
+    from pipeline.pipeline import RuntimeInputs, create_pipeline, trainer_custom_config
+    from pipeline.runners import local
 
     changes: Dict[str, Any] = {}
     if platform == "kubeflow":
         # The KFP backend refuses Resolver tasks ("resolver executors not
         # implemented", backend/src/v2/compiler/argocompiler/dag.go).
         changes["baseline"] = False
-    if not config.serving_dir:
+    if not config.deploy.serving_dir:
         changes["serving_dir"] = f"{pipeline_root}/serving"
     config = config.replace(**changes)
-    pipeline = create_pipeline(config, pipeline_root=pipeline_root,
-                               beam_pipeline_args=runners.beam_args(config))
-    data = tfx.dsl.experimental.RuntimeParameter(name=PARAM_DATA, ptype=str, default=config.data)
-    trainer = next(c for c in pipeline.components if isinstance(c, tfx.components.Trainer))
-    trainer_config = tfx.dsl.experimental.RuntimeParameter(
-        name=PARAM_CONFIG, ptype=str, default=trainer.exec_properties["custom_config"])
-    for component in pipeline.components:
-        # Components validate their arguments when built; the parameters go in
-        # afterwards, as whole exec properties, which is what KubeflowV2 reads.
-        if isinstance(component, FileBasedExampleGen):
-            component.exec_properties["input_base"] = data
-        elif isinstance(component, (tfx.components.Transform, tfx.components.Trainer)):
-            component.exec_properties["custom_config"] = trainer_config
-    return pipeline
+    runtime = RuntimeInputs(
+        data_root=tfx.dsl.experimental.RuntimeParameter(
+            name=PARAM_DATA, ptype=str, default=config.data.data),
+        module_config=tfx.dsl.experimental.RuntimeParameter(
+            name=PARAM_CONFIG, ptype=str,
+            default=json.dumps(trainer_custom_config(config), sort_keys=True)))
+    return create_pipeline(config, pipeline_root=pipeline_root,
+                           beam_pipeline_args=local.beam_args(config), runtime=runtime)
 
 
 def compile_pipeline(config, output: str, image: Optional[str] = None,
@@ -90,7 +84,7 @@ def compile_pipeline(config, output: str, image: Optional[str] = None,
     from tfx import v1 as tfx
     from tfx.orchestration.kubeflow.v2 import kubeflow_v2_dag_runner
 
-    image = image or config.image
+    image = image or config.deploy.image
     if not image:
         _fail("--image", "the container image with this project (see Dockerfile) is required")
     root = check_pipeline_root(pipeline_root, platform)
@@ -141,11 +135,11 @@ def load_package(path: str) -> Tuple[Dict, Dict]:
     raise SubmitError(f"{path} holds neither a PipelineJob nor a PipelineSpec")
 
 
-def _declared(spec: Dict) -> Dict[str, Dict]:
+def declared_parameters(spec: Dict) -> Dict[str, Dict]:
     return (spec.get("root", {}).get("inputDefinitions", {}) or {}).get("parameters", {}) or {}
 
 
-def _default(definition: Dict):
+def parameter_default(definition: Dict):
     value = definition.get("defaultValue")
     return value.get("stringValue") if isinstance(value, dict) else value
 
@@ -157,9 +151,10 @@ def parameter_values(spec: Dict, params: List[str]) -> Dict[str, Any]:
     (tfjob.FIELD for the TFJob settings); values of fields are YAML scalars."""
     import yaml
 
-    from pipeline.config import ConfigError, RunConfig
+    from modules.config import ModuleConfig
+    from pipeline.config import ConfigError
 
-    declared = _declared(spec)
+    declared = declared_parameters(spec)
     values: Dict[str, Any] = {}
     fields: Dict[str, Any] = {}
     for item in params:
@@ -175,21 +170,22 @@ def parameter_values(spec: Dict, params: List[str]) -> Dict[str, Any]:
     if PARAM_CONFIG not in declared:
         raise ConfigError(f"--param {', '.join(fields)}: the pipeline has no {PARAM_CONFIG} "
                           f"parameter; it has {', '.join(sorted(declared)) or 'none'}")
-    cfg = json.loads(values.get(PARAM_CONFIG) or _default(declared[PARAM_CONFIG]) or "{}")
+    cfg = json.loads(values.get(PARAM_CONFIG) or parameter_default(declared[PARAM_CONFIG]) or "{}")
+    # A field is named alone (epochs) or with its section (training.epochs,
+    # tfjob.workers); it must exist in the compiled config.
+    where = {name: section for section, fields in cfg.items() if isinstance(fields, dict)
+             for name in fields}
     for key, value in fields.items():
         head, _, sub = key.partition(".")
-        target = cfg.get(head) if sub else cfg
+        section = head if sub else where.get(key)
         name = sub or key
-        if not isinstance(target, dict) or name not in target:
-            known = sorted(declared) + sorted(k for k in cfg if not isinstance(cfg[k], dict)) + \
-                sorted(f"{k}.{s}" for k in cfg if isinstance(cfg[k], dict) for s in cfg[k])
+        if section not in cfg or not isinstance(cfg[section], dict) or name not in cfg[section]:
+            known = sorted(declared) + sorted(f"{s}.{n}" for s, fs in cfg.items()
+                                              if isinstance(fs, dict) for n in fs)
             raise ConfigError(f"--param {key}: unknown parameter; the pipeline takes "
                               f"{', '.join(known)}")
-        target[name] = value
-    checked = {k: v for k, v in cfg.items() if not isinstance(v, dict)}
-    if str(checked.get("weights", "none")).lower() not in ("imagenet", "none"):
-        checked["weights"] = "none"  # a weights file lives in the image or on gs://, not here
-    RunConfig.from_dict(checked)  # names the field when a value is wrong
+        cfg[section][name] = value
+    ModuleConfig.from_custom_config(cfg)  # names the field when a value is wrong
     values[PARAM_CONFIG] = json.dumps(cfg, sort_keys=True)
     return values
 
@@ -238,83 +234,3 @@ def submit(host: str, package: str, params: List[str], namespace: Optional[str] 
                           f"{(e.body or '').strip()[:2000]}") from None
     except urllib3.exceptions.HTTPError as e:
         raise SubmitError(f"lost the connection to {host}: {e}") from None
-
-
-# --------------------------------------------------------------------------
-def cmd_compile(args) -> int:
-    import dataclasses
-
-    from pipeline.config import ConfigError, RunConfig
-
-    fields = {f.name for f in dataclasses.fields(RunConfig)}
-    config = RunConfig.load(args.config, **{k: v for k, v in vars(args).items() if k in fields})
-    if not config.data:
-        raise ConfigError("config field 'data': no data given (--data DIR or data: in --config)")
-    job = compile_pipeline(config, args.package, image=args.image,
-                           pipeline_root=args.pipeline_root, platform=args.platform)
-    spec = job.get("pipelineSpec", job)
-    tasks = sorted(spec["root"]["dag"]["tasks"])
-    print(f"wrote {args.package}: {len(tasks)} tasks ({', '.join(tasks)})")
-    for name, definition in sorted(_declared(spec).items()):
-        print(f"  runtime parameter {name} (default {str(_default(definition))[:120]})")
-    if args.platform == "kubeflow":
-        print("  no latest_blessed_model_resolver: the KFP backend cannot run Resolver tasks "
-              "(compile with --platform vertex to keep it)")
-    return 0
-
-
-def cmd_submit(args) -> int:
-    try:
-        result = submit(args.host, args.package, args.param or [], namespace=args.namespace,
-                        experiment=args.experiment, run_name=args.run_name,
-                        pipeline_root=args.pipeline_root, service_account=args.service_account,
-                        token=args.token)
-    except SubmitError as e:
-        print(f"tfx-transfer: error: {e}", file=sys.stderr)
-        return 2
-    print(f"run {result.run_id} created")
-    return 0
-
-
-def register(subparsers) -> None:
-    from pipeline.cli import _add_run_flags
-
-    p = subparsers.add_parser(
-        "compile", conflict_handler="resolve",
-        help="compile the pipeline for Kubeflow Pipelines / Vertex AI (KubeflowV2DagRunner)")
-    _add_run_flags(p)
-    # Replaces run's --output (a run folder): here it is the compiled file.
-    p.add_argument("--output", dest="package", required=True,
-                   help="compiled file: .json (PipelineJob) or .yaml (PipelineSpec)")
-    p.add_argument("--image", help="container image built from this repository (Dockerfile)")
-    p.add_argument("--pipeline-root", dest="pipeline_root", required=True,
-                   help="artefact root, e.g. gs://BUCKET/tfx-transfer")
-    p.add_argument("--platform", choices=PLATFORMS, default="kubeflow",
-                   help="kubeflow: KFP 2.x backend (no Resolver); vertex: Vertex AI Pipelines")
-    p.add_argument("--data-layout", dest="data_layout", choices=["auto", "folders", "hash"],
-                   help="folders (train/ + test/) or hash; auto lists the data folder now")
-    p.add_argument("--beam-arg", dest="beam_args", action="append",
-                   help="Beam pipeline argument (repeat), e.g. --beam-arg=--runner=DataflowRunner")
-    p.add_argument("--tfjob-workers", dest="tfjob_workers", type=int,
-                   help="train on a TFJob of N workers (Kubeflow Training Operator)")
-    p.add_argument("--tfjob-gpus-per-worker", dest="tfjob_gpus_per_worker", type=int)
-    p.add_argument("--tfjob-service-account", dest="tfjob_service_account")
-    p.add_argument("--namespace", help="namespace of the TFJobs (default kubeflow)")
-    p.set_defaults(func=cmd_compile)
-
-    p = subparsers.add_parser("submit", help="start a run of a compiled pipeline on Kubeflow")
-    p.add_argument("package", help="file written by tfx-transfer compile")
-    p.add_argument("--host", required=True, help="KFP API endpoint, e.g. http://localhost:8080")
-    p.add_argument("--namespace", help="Kubeflow profile namespace (multi-user installs)")
-    p.add_argument("--experiment", help="experiment name (created when missing)")
-    p.add_argument("--run-name", dest="run_name")
-    p.add_argument("--pipeline-root", dest="pipeline_root",
-                   help="override the compiled pipeline root")
-    p.add_argument("--service-account", dest="service_account",
-                   help="service account of the run's pods")
-    p.add_argument("--token", help="bearer token for an authenticated endpoint "
-                                   "(e.g. `kubectl create token` of a profile's service account)")
-    p.add_argument("--param", action="append", metavar="NAME=VALUE",
-                   help="data_root, trainer_config, or a trainer_config field "
-                        "(backbone, mode, epochs, image_size, ..., tfjob.workers)")
-    p.set_defaults(func=cmd_submit)

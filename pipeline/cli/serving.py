@@ -1,4 +1,4 @@
-"""`tfx-transfer predict` and `tfx-transfer serve` (registered by pipeline/cli.py)."""
+"""tfx-transfer predict (gRPC client) and serve (local model server): serving/ does the work."""
 from __future__ import annotations
 
 import argparse
@@ -7,6 +7,8 @@ import logging
 import signal
 import sys
 import threading
+
+from modules.contract import SERVING_IMAGES
 
 log = logging.getLogger("tfx_transfer.serving")
 
@@ -101,7 +103,7 @@ def register(subparsers) -> None:
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (JPEG, PNG, GIF, BMP)")
     p.add_argument("--server", required=True, help="HOST:PORT of TF Serving or `tfx-transfer serve`")
     p.add_argument("--model", required=True, help="model name")
-    p.add_argument("--signature", default="serving_images",
+    p.add_argument("--signature", default=SERVING_IMAGES,
                    help="serving_images (encoded images) or serving_default (tf.Examples)")
     version = p.add_mutually_exclusive_group()
     version.add_argument("--version", type=int, help="model version (default: the newest)")
@@ -144,17 +146,3 @@ def register(subparsers) -> None:
     p.add_argument("--grace-period", type=float, default=5.0,
                    help="seconds running requests get to finish on SIGTERM/SIGINT")
     p.set_defaults(func=cmd_serve)
-
-
-def main(argv=None) -> int:
-    """`python -m serving.cli`: the same commands without the pipeline's imports (starts faster)."""
-    logging.basicConfig(level=logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    parser = argparse.ArgumentParser(prog="python -m serving.cli")
-    register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    return args.func(args)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

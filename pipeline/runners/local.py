@@ -7,11 +7,10 @@ import resource
 import time
 from typing import List
 
-from tfx import v1 as tfx
-
 from pipeline.config import RunConfig
-from pipeline.pipeline import create_pipeline
+from pipeline.runners.summary import metadata_path, summary_path, write_summary
 
+__all__ = ["run", "build", "beam_args", "metadata_path", "summary_path"]
 log = logging.getLogger("tfx_transfer")
 
 # Beam 2.74's DirectRunner first tries to download a Prism binary, which fails
@@ -20,21 +19,21 @@ DEFAULT_BEAM_ARGS = ["--runner=FnApiRunner", "--direct_num_workers=1"]
 
 
 def beam_args(config: RunConfig) -> List[str]:
-    args = list(config.beam_args)
+    args = list(config.deploy.beam_args)
     if not any(a.startswith("--runner") for a in args):
         args = DEFAULT_BEAM_ARGS + args
     return args
 
 
-def metadata_path(config: RunConfig) -> str:
-    return os.path.join(config.output, "metadata.sqlite")
-
-
 def build(config: RunConfig):
-    os.makedirs(config.output, exist_ok=True)
+    from tfx import v1 as tfx
+
+    from pipeline.pipeline import create_pipeline
+
+    os.makedirs(config.deploy.output, exist_ok=True)
     return create_pipeline(
         config,
-        pipeline_root=os.path.join(os.path.abspath(config.output), "pipeline_root"),
+        pipeline_root=os.path.join(os.path.abspath(config.deploy.output), "pipeline_root"),
         metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(
             metadata_path(config)),
         beam_pipeline_args=beam_args(config))
@@ -42,22 +41,21 @@ def build(config: RunConfig):
 
 def run(config: RunConfig) -> dict:
     """Runs the pipeline with the configured local runner; returns the summary."""
-    from pipeline import summary
+    from tfx import v1 as tfx
 
     pipeline = build(config)
-    if config.runner == "local":
+    if config.deploy.runner == "local":
         runner = tfx.orchestration.LocalDagRunner()
     else:
         # Not exported under tfx.v1 in 1.16; runs each component as a Beam stage.
         from tfx.orchestration.beam.beam_dag_runner import BeamDagRunner
 
         runner = BeamDagRunner()
-    log.info("running %s with %s: %d components, output %s", config.pipeline_name,
-             type(runner).__name__, len(pipeline.components), config.output)
+    log.info("running %s with %s: %d components, output %s", config.deploy.pipeline_name,
+             type(runner).__name__, len(pipeline.components), config.deploy.output)
     start = time.time()
     runner.run(pipeline)
     wall = time.time() - start
     peak_mb = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
                   resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss) / 1024
-    result = summary.write_summary(config, wall_s=wall, peak_rss_mb=peak_mb)
-    return result
+    return write_summary(config, wall_s=wall, peak_rss_mb=peak_mb)

@@ -1,6 +1,6 @@
 """One training worker: the Trainer's run_fn on serialized executor inputs.
 
-    python -m pipeline.worker_main --fn-args gs://.../fn_args.json
+    python -m components.tfjob_worker --fn-args gs://.../fn_args.json
 
 This is what each TFJob worker runs (components/tfjob_trainer.py writes the
 file), and what the multi-worker tests start on localhost. The file holds the
@@ -71,9 +71,9 @@ def run(path: str) -> None:
 def main(argv: Optional[List[str]] = None) -> int:
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    parser = argparse.ArgumentParser(prog="python -m pipeline.worker_main")
+    parser = argparse.ArgumentParser(prog="python -m components.tfjob_worker")
     parser.add_argument("--fn-args", required=True, dest="fn_args",
-                        help="JSON written by pipeline.worker_main.dump (local path or gs://)")
+                        help="JSON written by components.tfjob_worker.dump (local path or gs://)")
     args = parser.parse_args(argv)
     run(args.fn_args)
     return 0

@@ -1,4 +1,4 @@
-"""tfx-transfer compare: one pipeline run per (backbone, mode, unfreeze depth,
+"""compare: one pipeline run per (backbone, mode, unfreeze depth,
 image size), a leaderboard of the results.
 
 All runs share one pipeline name, pipeline root and MLMD database, so TFX's
@@ -14,6 +14,7 @@ import logging
 import os
 from typing import Any, Dict, List, Optional
 
+from modules import contract
 from pipeline.config import RunConfig
 
 log = logging.getLogger("tfx_transfer.compare")
@@ -23,26 +24,24 @@ COLUMNS = ["backbone", "mode", "unfreeze_groups", "image_size", "accuracy", "top
            "silhouette_before", "silhouette_after", "knn_before", "knn_after", "blessed"]
 
 
-def _split(value: Optional[str]) -> List[str]:
-    return [v.strip() for v in value.split(",") if v.strip()] if value else []
-
-
 def combinations(base: RunConfig, backbones: List[str], modes: List[str],
                  unfreeze: List[int], sizes: List[Optional[int]]) -> List[RunConfig]:
     configs = []
-    for backbone, mode, size in itertools.product(backbones or [base.backbone],
-                                                  modes or [base.mode], sizes or [base.image_size]):
-        depths = (unfreeze or [base.unfreeze_groups]) if mode != "linear_probe" else [0]
+    for backbone, mode, size in itertools.product(backbones or [base.model.backbone],
+                                                  modes or [base.training.mode],
+                                                  sizes or [base.model.image_size]):
+        depths = (unfreeze or [base.training.unfreeze_groups]) if mode != "linear_probe" else [0]
         for depth in depths:
             name = f"{backbone}-{mode}" + (f"-u{depth}" if mode != "linear_probe" else "") + \
                 (f"-{size}px" if sizes else "")
+            # image_size None: each backbone at its own default size.
             configs.append(base.replace(
-                backbone=backbone, mode=mode, image_size=size,
-                unfreeze_groups=depth if depth else base.unfreeze_groups,
+                backbone=backbone, mode=mode, image_size=size if sizes else None,
+                unfreeze_groups=depth if depth else base.training.unfreeze_groups,
                 model_name=name.lower(),
                 # The leaderboard ranks models; it must not refuse to push one
                 # because another combination was blessed before it.
-                max_accuracy_drop=1.0).validate())
+                max_accuracy_drop=1.0))
     return configs
 
 
@@ -53,8 +52,9 @@ def row(config: RunConfig, summary: Dict[str, Any]) -> Dict[str, Any]:
     train_phases = [p for p in phases.values() if p["phase"] != "feature_extraction"]
     projector = summary.get("projector") or {}
     r = {
-        "backbone": config.backbone, "mode": config.mode,
-        "unfreeze_groups": config.unfreeze_groups if config.mode != "linear_probe" else 0,
+        "backbone": config.model.backbone, "mode": config.training.mode,
+        "unfreeze_groups": (config.training.unfreeze_groups
+                            if config.training.mode != "linear_probe" else 0),
         "image_size": summary.get("image_size"),
         "accuracy": metrics.get("accuracy"), "top5_accuracy": metrics.get("top5_accuracy"),
         "macro_f1": metrics.get("macro_f1"),
@@ -122,46 +122,19 @@ def write_leaderboard(rows: List[Dict[str, Any]], out_dir: str) -> Dict[str, str
 def compare(base: RunConfig, backbones: List[str], modes: List[str], unfreeze: List[int],
             sizes: List[Optional[int]]) -> List[Dict[str, Any]]:
     from modules import backbones as registry
-    from modules import transform
-    from pipeline import runners
+    from pipeline.runners import local
 
     configs = combinations(base, backbones, modes, unfreeze, sizes)
     for c in configs:  # every weights file checked before the first run starts
-        registry.resolve_weights(c.backbone, transform.image_size(c.trainer_config()), c.weights)
+        registry.resolve_weights(c.model.backbone, c.model.image_size, c.model.weights)
     rows = []
     for i, config in enumerate(configs, 1):
-        log.info("compare %d/%d: %s", i, len(configs), config.model_name)
-        summary = runners.run(config)
-        run_dir = os.path.join(base.output, "runs", config.model_name)
+        log.info("compare %d/%d: %s", i, len(configs), config.deploy.model_name)
+        summary = local.run(config)
+        run_dir = os.path.join(base.deploy.output, "runs", config.deploy.model_name)
         os.makedirs(run_dir, exist_ok=True)
-        with open(os.path.join(run_dir, "summary.json"), "w") as f:
+        with open(os.path.join(run_dir, contract.SUMMARY_FILE), "w") as f:
             json.dump(summary, f, indent=1)
         rows.append(row(config, summary))
-        write_leaderboard(rows, base.output)  # partial results survive a later failure
+        write_leaderboard(rows, base.deploy.output)  # partial results survive a later failure
     return rows
-
-
-def cmd_compare(args) -> int:
-    from pipeline import data_sources
-    from pipeline.cli import _config_from
-
-    base = data_sources.prepare(_config_from(args))
-    unfreeze = [int(v) for v in _split(args.unfreeze)]
-    sizes = [int(v) for v in _split(args.image_sizes)]
-    rows = compare(base, _split(args.backbones), _split(args.modes), unfreeze, sizes)
-    paths = write_leaderboard(rows, base.output)
-    print(open(paths["md"]).read())
-    print("leaderboard: " + ", ".join(paths.values()))
-    return 0
-
-
-def register(sub):
-    from pipeline.cli import _add_run_flags
-
-    p = sub.add_parser("compare", help="run the pipeline per combination and rank the results")
-    _add_run_flags(p)
-    p.add_argument("--backbones", help="comma-separated backbone names")
-    p.add_argument("--modes", help="comma-separated modes (linear_probe,fine_tune,lp_ft)")
-    p.add_argument("--unfreeze", help="comma-separated unfreeze depths (layer groups) for fine-tuning")
-    p.add_argument("--image-sizes", dest="image_sizes", help="comma-separated input sizes")
-    p.set_defaults(func=cmd_compare)

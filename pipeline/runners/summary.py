@@ -11,6 +11,7 @@ import logging
 import os
 from typing import Any, Dict, List, Optional
 
+from modules import contract
 from pipeline.config import RunConfig
 
 log = logging.getLogger("tfx_transfer")
@@ -18,11 +19,18 @@ ACCURACY = "sparse_categorical_accuracy"
 TOP5 = "sparse_top_k_categorical_accuracy"
 
 
+def metadata_path(config: RunConfig) -> str:
+    """ML Metadata of local runs: SQLite in the run folder."""
+    return os.path.join(config.deploy.output, "metadata.sqlite")
+
+
+def summary_path(config: RunConfig) -> str:
+    return os.path.join(config.deploy.output, contract.SUMMARY_FILE)
+
+
 def _store(config: RunConfig):
     import ml_metadata as mlmd
     from tfx import v1 as tfx
-
-    from pipeline.runners import metadata_path
 
     return mlmd.MetadataStore(
         tfx.orchestration.metadata.sqlite_metadata_connection_config(metadata_path(config)))
@@ -35,7 +43,7 @@ def last_run(config: RunConfig) -> Dict[str, Dict[str, Any]]:
     store = _store(config)
     runs = [c for c in store.get_contexts_by_type("pipeline_run")]
     if not runs:
-        raise RuntimeError(f"no pipeline run recorded in {config.output}")
+        raise RuntimeError(f"no pipeline run recorded in {config.deploy.output}")
     run = max(runs, key=lambda c: c.create_time_since_epoch)
     executions = store.get_executions_by_context(run.id)
     events = store.get_events_by_execution_ids([e.id for e in executions])
@@ -167,33 +175,31 @@ def write_summary(config: RunConfig, wall_s: Optional[float] = None,
                   peak_rss_mb: Optional[float] = None) -> Dict[str, Any]:
     import tensorflow_transform as tft
 
-    from modules import transform as transform_module
-    from modules.trainer import REPORT_FILE
-
     nodes = last_run(config)
     example_gen = next((n for n in nodes if "ExampleGen" in n), None)
     summary: Dict[str, Any] = {
-        "backbone": config.backbone,
-        "mode": config.mode,
-        "image_size": transform_module.image_size(config.trainer_config()),
-        "weights": config.weights,
-        "data": config.data,
+        "backbone": config.model.backbone,
+        "mode": config.training.mode,
+        "image_size": config.model.image_size,
+        "weights": config.model.weights,
+        "data": config.data.data,
     }
     transform_uri = _uri(nodes, "Transform", "transform_graph")
     classes = [c.decode() if isinstance(c, bytes) else c for c in
                tft.TFTransformOutput(transform_uri).vocabulary_by_name(
-                   transform_module.LABEL_VOCAB)] if transform_uri else []
+                   contract.LABEL_VOCAB)] if transform_uri else []
     summary["classes"] = classes
     counts = _split_counts(_uri(nodes, "StatisticsGen", "statistics") or "")
     summary["train_examples"] = counts.get("train")
     summary["eval_examples"] = counts.get("eval")
     examples_uri = _uri(nodes, example_gen, "examples") if example_gen else None
-    skipped_path = os.path.join(examples_uri or "", "skipped_files.json")
+    skipped_path = os.path.join(examples_uri or "", contract.SKIPPED_FILES_FILE)
     summary["skipped_files"] = json.load(open(skipped_path)) if os.path.exists(skipped_path) else []
 
     model_uri = _uri(nodes, "Trainer", "model")
-    if model_uri and os.path.exists(os.path.join(model_uri, REPORT_FILE)):
-        with open(os.path.join(model_uri, REPORT_FILE)) as f:
+    report_path = os.path.join(model_uri or "", contract.TRAINING_REPORT_FILE)
+    if model_uri and os.path.exists(report_path):
+        with open(report_path) as f:
             report = json.load(f)
         summary["training"] = {k: report.get(k) for k in (
             "phases", "params", "trainable_params", "strategy", "replicas", "unfrozen_layers",
@@ -223,12 +229,12 @@ def write_summary(config: RunConfig, wall_s: Optional[float] = None,
     summary["artifacts"] = {n: {k: [a.uri for a in arts] for k, arts in v["outputs"].items()}
                             for n, v in nodes.items()}
 
-    os.makedirs(config.output, exist_ok=True)
-    with open(os.path.join(config.output, "summary.json"), "w") as f:
+    os.makedirs(config.deploy.output, exist_ok=True)
+    with open(summary_path(config), "w") as f:
         json.dump(summary, f, indent=1)
     if evaluation.get("confusion_matrix") and classes:
         plot_confusion(evaluation["confusion_matrix"]["matrix"], classes,
-                       os.path.join(config.output, "confusion_matrix.png"),
-                       f"{config.backbone} {config.mode}: accuracy "
+                       os.path.join(config.deploy.output, "confusion_matrix.png"),
+                       f"{config.model.backbone} {config.training.mode}: accuracy "
                        f"{(summary['metrics'].get('accuracy') or 0):.3f}")
     return summary

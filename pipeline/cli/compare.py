@@ -1,0 +1,33 @@
+"""tfx-transfer compare: one pipeline run per (backbone, mode, unfreeze depth,
+image size), a leaderboard of the results (pipeline/runners/compare.py)."""
+from __future__ import annotations
+
+from pipeline.cli.options import add_run_flags, config_from_args
+
+
+def _split(value):
+    return [v.strip() for v in value.split(",") if v.strip()] if value else []
+
+
+def cmd_compare(args) -> int:
+    from pipeline import data_sources
+    from pipeline.runners.compare import compare, write_leaderboard
+
+    base = data_sources.prepare(config_from_args(args))
+    unfreeze = [int(v) for v in _split(args.unfreeze)]
+    sizes = [int(v) for v in _split(args.image_sizes)]
+    rows = compare(base, _split(args.backbones), _split(args.modes), unfreeze, sizes)
+    paths = write_leaderboard(rows, base.deploy.output)
+    print(open(paths["md"]).read())
+    print("leaderboard: " + ", ".join(paths.values()))
+    return 0
+
+
+def register(sub):
+    p = sub.add_parser("compare", help="run the pipeline per combination and rank the results")
+    add_run_flags(p)
+    p.add_argument("--backbones", help="comma-separated backbone names")
+    p.add_argument("--modes", help="comma-separated modes (linear_probe,fine_tune,lp_ft)")
+    p.add_argument("--unfreeze", help="comma-separated unfreeze depths (layer groups) for fine-tuning")
+    p.add_argument("--image-sizes", dest="image_sizes", help="comma-separated input sizes")
+    p.set_defaults(func=cmd_compare)
