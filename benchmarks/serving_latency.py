@@ -28,7 +28,7 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from modules import keras_compat  # noqa: E402,F401
+from modules import contract, keras_compat  # noqa: E402,F401
 import numpy as np  # noqa: E402
 
 RESULTS = os.path.join(REPO, "benchmarks", "results")
@@ -134,10 +134,10 @@ def main(argv=None):
     client_counts = [int(c) for c in args.clients.split(",")]
     images = sample_images()
 
-    fn = tf.saved_model.load(os.path.join(base, str(version))).signatures["serving_images"]
+    fn = tf.saved_model.load(os.path.join(base, str(version))).signatures[contract.SERVING_IMAGES]
 
     def in_process():
-        return lambda batch: fn(images=tf.constant(batch))["probabilities"].numpy()
+        return lambda batch: fn(**{contract.IMAGES_INPUT: tf.constant(batch)})[contract.PROBABILITIES].numpy()
 
     server, address = start_server(base, name, max(batch_sizes))
     try:
@@ -195,7 +195,7 @@ def main(argv=None):
     b1 = [r for r in rows if r["batch_size"] == 1]
     result = {
         "command": "python benchmarks/serving_latency.py " + " ".join(argv or sys.argv[1:]),
-        "model_base_path": base, "model_version": version, "signature": "serving_images",
+        "model_base_path": base, "model_version": version, "signature": contract.SERVING_IMAGES,
         "images": "data/cifar10-sample/test JPEGs (32x32)",
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
                     "load_avg_1m_before": round(load_before[0], 2),

@@ -23,6 +23,9 @@ import yaml
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
+sys.path.insert(0, REPO)
+
+from modules import contract  # noqa: E402
 
 ROWS = {
     # name: (description, config overrides)
@@ -61,9 +64,9 @@ def run_row(name, overrides, base, out_dir):
     wall = time.time() - start
     if rc != 0:
         raise SystemExit(f"row {name} failed (rc {rc}); see {log}")
-    with open(os.path.join(cfg["output"], "summary.json")) as f:
+    with open(os.path.join(cfg["output"], contract.SUMMARY_FILE)) as f:
         summary = json.load(f)
-    shutil.copy(os.path.join(cfg["output"], "summary.json"), os.path.join(out_dir, "logs", f"{name}.summary.json"))
+    shutil.copy(os.path.join(cfg["output"], contract.SUMMARY_FILE), os.path.join(out_dir, "logs", f"{name}.summary.json"))
     phases = {p["phase"]: p for p in summary["training"]["phases"]}
     return {
         "row": name, "description": ROWS[name][0], **overrides,
