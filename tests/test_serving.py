@@ -338,20 +338,20 @@ def test_burst_of_bad_requests_then_a_good_one(server):
 
 # ---------------------------------------------------------------------------
 def test_newly_pushed_version_is_served_without_restart(models, tmp_path):
+    import portpicker
+
     base = str(tmp_path / "colors")
-    srv = ModelServer(base, "colors", poll_interval_s=0.2).start()
+    port = portpicker.pick_unused_port()
+    srv = ModelServer(base, "colors", port=port, poll_interval_s=0.2).start()
     try:
-        with grpc.insecure_channel(srv.address) as channel:
-            health = health_pb2_grpc.HealthStub(channel)
-            assert health.Check(health_pb2.HealthCheckRequest(service="colors"),
-                                timeout=5).status == health_pb2.HealthCheckResponse.NOT_SERVING
-        # Nothing pushed yet: UNAVAILABLE, retried with back-off until the deadline.
+        # Nothing pushed yet: the port stays closed (as TF Serving's until its
+        # initial load), so a client meets UNAVAILABLE, retried until it gives up.
         fast = RetryPolicy(max_attempts=3, initial_backoff_s=0.05)
-        with ServingClient(srv.address, "colors", timeout_s=5, retry=fast) as c:
+        with ServingClient(f"127.0.0.1:{port}", "colors", timeout_s=5, retry=fast) as c:
             with pytest.raises(ServingError) as e:
                 c.predict([png(RED)])
             assert e.value.code == Code.UNAVAILABLE and e.value.attempts == 3
-            assert "no loaded version yet" in e.value.details
+            assert srv.address is None and not srv.wait_until_available(0.1)
 
             push(models[0], base, 1)
             assert c.wait_until_available(60) == 1
@@ -375,7 +375,7 @@ def test_newly_pushed_version_is_served_without_restart(models, tmp_path):
             wait_for(lambda: all(s["state"] == "END" for s in c.status()))
             with pytest.raises(ServingError) as e:
                 c.predict([png(RED)])
-            assert e.value.code == Code.UNAVAILABLE
+            assert e.value.code == Code.UNAVAILABLE and "no loaded version yet" in e.value.details
             with grpc.insecure_channel(srv.address) as channel:
                 assert health_pb2_grpc.HealthStub(channel).Check(
                     health_pb2.HealthCheckRequest(service=""), timeout=5).status == \
