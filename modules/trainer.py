@@ -23,6 +23,7 @@ import tensorflow_transform as tft
 import tf_keras as keras
 
 from modules import backbones, transform
+from serving import warmup
 
 log = logging.getLogger("tfx_transfer.trainer")
 REPORT_FILE = "training_report.json"
@@ -456,6 +457,9 @@ def export(model: keras.Model, tf_transform_output, path: str, class_names: List
         "embeddings": embeddings.get_concrete_function(),
     }
     model.save(path, save_format="tf", signatures=signatures)
+    # TF Serving replays it while loading, so production's first requests are warm.
+    warmup.write_for_classifier(path, class_names, image_key=transform.IMAGE_KEY,
+                                label_key=transform.LABEL_KEY)
 
 
 # --------------------------------------------------------------------------
