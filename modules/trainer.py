@@ -450,7 +450,14 @@ def export(model: keras.Model, tf_transform_output, path: str, class_names: List
         out["embedding"] = embed(pixels, training=False)
         return out
 
+    # TF Serving's Classify API takes only this shape of signature (classifier.cc).
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="inputs")])
+    def classification(inputs):
+        out = _outputs(model, images_from(inputs), names)
+        return {"classes": out["classes"], "scores": out["probabilities"]}
+
     signatures = {
+        "classification": classification.get_concrete_function(),
         "serving_default": serve_examples.get_concrete_function(),
         "serving_images": serve_images.get_concrete_function(),
         "transform_features": transform_features.get_concrete_function(),

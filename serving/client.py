@@ -227,7 +227,7 @@ class ServingClient:
         return self._seen_names.get(class_id)
 
     def classify(self, images: Iterable[ImageInput],
-                 signature_name: str = sigs.SERVING_DEFAULT) -> List[List[Tuple[str, float]]]:
+                 signature_name: str = sigs.CLASSIFICATION) -> List[List[Tuple[str, float]]]:
         """Classify API: (label, score) of every class per image, as the server orders them."""
         from tensorflow.core.example import example_pb2
 

@@ -311,15 +311,20 @@ class VersionManager:
             label = spec.version_label
             if label not in self.version_labels:
                 known = ", ".join(sorted(self.version_labels)) or "none configured"
-                raise RequestError(grpc.StatusCode.NOT_FOUND,
-                                   f"unknown version label '{label}' (labels: {known})")
+                # INVALID_ARGUMENT as TF Serving's ServerCore::GetModelVersionForLabel.
+                raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
+                                   f"Unrecognized servable version label: {label} "
+                                   f"(labels: {known})")
             version = self.version_labels[label]
         elif which == "version":
             version = spec.version.value
         else:
             if not loaded:
-                raise RequestError(grpc.StatusCode.UNAVAILABLE,
-                                   f"model '{self.model_name}' has no loaded version yet "
+                # NOT_FOUND as TF Serving's BasicManager (core/basic_manager.cc) when
+                # every version is gone; the ports are not open before the first load.
+                raise RequestError(grpc.StatusCode.NOT_FOUND,
+                                   f"Servable not found for request: Latest({self.model_name}): "
+                                   f"no version of model '{self.model_name}' is loaded "
                                    f"(base path {self.base_path})")
             return loaded[max(loaded)]
         if version not in loaded:
@@ -335,8 +340,10 @@ class VersionManager:
 def _signature(loaded: LoadedVersion, name: str):
     name = name or DEFAULT_SIGNATURE
     if name not in loaded.signature_defs:
-        raise RequestError(grpc.StatusCode.NOT_FOUND,
-                           f"signature '{name}' not found in version {loaded.version}; it has: "
+        # FAILED_PRECONDITION as TF Serving's RunPredict (servables/tensorflow/predict_util.cc).
+        raise RequestError(grpc.StatusCode.FAILED_PRECONDITION,
+                           f"Serving signature key \"{name}\" not found in version "
+                           f"{loaded.version}; it has: "
                            f"{', '.join(sorted(loaded.signature_defs))}")
     return name, loaded.signature_defs[name]
 
@@ -472,45 +479,38 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
     @_rpc
     def Classify(self, request, context):
         loaded = self.manager.resolve(request.model_spec)
-        name, sig = _signature(loaded, request.model_spec.signature_name)
-        contract = sigs.SIGNATURE_INPUTS.get(name)
-        string_inputs = [k for k, v in sig.inputs.items() if v.dtype == types_pb2.DT_STRING]
-        if (contract and contract[1] != sigs.EXAMPLES) or len(sig.inputs) != 1 or not string_inputs:
+        name = request.model_spec.signature_name or DEFAULT_SIGNATURE
+        sig = loaded.signature_defs.get(name)
+        if sig is None:
             raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
-                               f"Classify needs a signature whose one input is serialized "
-                               f"tf.Examples; '{name}' takes {sorted(sig.inputs)} "
-                               f"({', '.join(_describe(v) for v in sig.inputs.values())}). "
-                               f"Use '{DEFAULT_SIGNATURE}', or Predict")
-        scores_key = next((k for k in ("scores", sigs.PROBABILITIES) if k in sig.outputs), None)
-        if scores_key is None:
-            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
-                               f"signature '{name}' has no 'scores' or '{sigs.PROBABILITIES}' "
-                               f"output to classify with (outputs: {sorted(sig.outputs)})")
+                               f"No signature was found with the name: {name}")
+        _classification_contract(name, sig)
         examples = _examples_of(request.input)
-        key = string_inputs[0]
-        arrays = check_inputs(name, sig, {key: sigs.string_tensor(examples)}, self.limits)
+        arrays = check_inputs(name, sig, {sigs.CLASSIFY_INPUT: sigs.string_tensor(examples)},
+                              self.limits)
         outputs = loaded.run(name, arrays)
-        scores = np.asarray(outputs[scores_key])
-        classes = outputs.get("classes")
+        classes = outputs.get(sigs.CLASSIFY_CLASSES)
+        scores = outputs.get(sigs.CLASSIFY_SCORES)
         response = classification_pb2.ClassificationResponse()
         _response_spec(response.model_spec, loaded, self.manager.model_name, name)
-        for i, row in enumerate(scores.reshape(len(examples), -1)):
+        for i in range(len(examples)):
             result = response.result.classifications.add()
-            for j, score in enumerate(row):
+            width = (classes if classes is not None else scores).shape[1]
+            for j in range(width):
+                c = result.classes.add()
                 if classes is not None:
-                    label = classes[i][j]
-                elif loaded.labels and len(loaded.labels) == len(row):
-                    label = loaded.labels[j]
-                else:
-                    label = str(j)
-                label = label.decode() if isinstance(label, bytes) else label
-                result.classes.add(label=label, score=float(score))
+                    c.label = classes[i][j].decode("utf-8", "replace")
+                if scores is not None:
+                    c.score = float(scores[i][j])
         return response
 
     @_rpc
     def Regress(self, request, context):
-        raise RequestError(grpc.StatusCode.UNIMPLEMENTED,
-                           "Regress: the classifier has no regression signature; use Predict")
+        # TF Serving (servables/tensorflow/regressor.cc) refuses a signature that is
+        # not one input `inputs` -> one output `outputs`; the classifier has none.
+        raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
+                           "Regress: the classifier has no regression signature (one input "
+                           "'inputs', one output 'outputs'); use Predict")
 
     @_rpc
     def MultiInference(self, request, context):
@@ -536,6 +536,26 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
             sig_map.signature_def[name].CopyFrom(sig)
         response.metadata["signature_def"].Pack(sig_map)
         return response
+
+
+def _classification_contract(name: str, sig) -> None:
+    """What TF Serving's PreProcessClassification (servables/tensorflow/classifier.cc)
+    demands of a signature, with its messages, all INVALID_ARGUMENT."""
+    def refuse(message):
+        raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
+                           f"{message} (signature '{name}'; Classify wants "
+                           f"'{sigs.CLASSIFICATION}' or another signature taking "
+                           f"'{sigs.CLASSIFY_INPUT}' to '{sigs.CLASSIFY_CLASSES}'/"
+                           f"'{sigs.CLASSIFY_SCORES}')")
+    if len(sig.inputs) != 1:
+        refuse("Expected one input Tensor.")
+    if len(sig.outputs) not in (1, 2):
+        refuse(f"Expected one or two output Tensors, found {len(sig.outputs)}")
+    if sigs.CLASSIFY_INPUT not in sig.inputs:
+        refuse(f"No classification inputs found in SignatureDef (inputs: {sorted(sig.inputs)})")
+    if not {sigs.CLASSIFY_CLASSES, sigs.CLASSIFY_SCORES} & set(sig.outputs):
+        refuse('Expected classification signature outputs to contain at least one of '
+               f'"{sigs.CLASSIFY_CLASSES}" or "{sigs.CLASSIFY_SCORES}"')
 
 
 def _examples_of(input_proto) -> List[bytes]:
@@ -568,8 +588,8 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
         which = spec.WhichOneof("version_choice")
         if which == "version_label":
             if spec.version_label not in self.manager.version_labels:
-                raise RequestError(grpc.StatusCode.NOT_FOUND,
-                                   f"unknown version label '{spec.version_label}'")
+                raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
+                                   f"Unrecognized servable version label: {spec.version_label}")
             versions = [self.manager.version_labels[spec.version_label]]
         elif which == "version":
             versions = [spec.version.value]

@@ -13,6 +13,10 @@ SERVING_DEFAULT = "serving_default"  # examples: serialized tf.Example with an `
 SERVING_IMAGES = "serving_images"  # images: encoded JPEG/PNG/GIF/BMP bytes
 EMBEDDINGS = "embeddings"  # examples -> the outputs of serving_default plus `embedding`
 TRANSFORM_FEATURES = "transform_features"  # examples with `label` -> label_id (TFMA)
+# For the Classify API: TF Serving's classifier.cc takes one input named `inputs`
+# (serialized tf.Examples) and the outputs `classes` and/or `scores`, nothing else.
+CLASSIFICATION = "classification"
+CLASSIFY_INPUT, CLASSIFY_CLASSES, CLASSIFY_SCORES = "inputs", "classes", "scores"
 
 EXAMPLES_INPUT = "examples"
 IMAGES_INPUT = "images"
@@ -30,6 +34,7 @@ SIGNATURE_INPUTS = {
     SERVING_DEFAULT: (EXAMPLES_INPUT, EXAMPLES),
     SERVING_IMAGES: (IMAGES_INPUT, IMAGES),
     EMBEDDINGS: (EXAMPLES_INPUT, EXAMPLES),
+    CLASSIFICATION: (CLASSIFY_INPUT, EXAMPLES),
 }
 
 # The Transform vocabulary (modules/transform.py LABEL_VOCAB) ends up as this

@@ -71,8 +71,8 @@ def write(export_dir: str, logs: Iterable[bytes]) -> str:
 def write_for_classifier(export_dir: str, class_names: Sequence[str], model_name: str = "",
                          image_key: str = "image", label_key: str = "label") -> str:
     """The warmup file of the exported classifier: JPEG bytes for serving_images,
-    tf.Examples of them for serving_default and embeddings, a labelled tf.Example
-    for transform_features."""
+    tf.Examples of them for serving_default, classification and embeddings, a
+    labelled tf.Example for transform_features."""
     from tensorflow.core.example import example_pb2, feature_pb2
 
     from serving import signatures as sigs
@@ -88,6 +88,7 @@ def write_for_classifier(export_dir: str, class_names: Sequence[str], model_name
         sigs.SERVING_IMAGES: (sigs.IMAGES_INPUT, [jpeg]),
         sigs.SERVING_DEFAULT: (sigs.EXAMPLES_INPUT, [image_example]),
         sigs.EMBEDDINGS: (sigs.EXAMPLES_INPUT, [image_example]),
+        sigs.CLASSIFICATION: (sigs.CLASSIFY_INPUT, [image_example]),
         sigs.TRANSFORM_FEATURES: (sigs.EXAMPLES_INPUT,
                                   [example(**{label_key: n.encode()}) for n in class_names[:1]]),
     }

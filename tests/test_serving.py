@@ -61,7 +61,14 @@ def build_standin(path, shift=0):
         parsed = tf.io.parse_example(examples, {"image": tf.io.FixedLenFeature([], tf.string)})
         return outputs(pixels(parsed["image"]))
 
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="inputs")])
+    def classify(inputs):
+        out = serve_examples(inputs)
+        return {"classes": tf.tile(names[tf.newaxis], [tf.shape(inputs)[0], 1]),
+                "scores": out["probabilities"]}
+
     tf.saved_model.save(tf.Module(), path, signatures={
+        "classification": classify.get_concrete_function(),
         "serving_default": serve_examples.get_concrete_function(),
         "serving_images": serve_images.get_concrete_function()})
     os.makedirs(os.path.join(path, "assets"), exist_ok=True)
@@ -181,16 +188,18 @@ def test_version_and_label_selection(server):
     assert top1() == (2, "green")  # version 2 rotates the classes
     assert top1(version=1) == (1, "red")
     assert top1(version_label="stable") == (1, "red")
-    for kw, text in (({"version": 7}, "version 7 of model 'colors' is not loaded"),
-                     ({"version_label": "canary"}, "unknown version label 'canary'")):
+    for kw, code, text in (
+            ({"version": 7}, Code.NOT_FOUND, "version 7 of model 'colors' is not loaded"),
+            ({"version_label": "canary"}, Code.INVALID_ARGUMENT,
+             "Unrecognized servable version label: canary")):
         with pytest.raises(ServingError) as e:
             top1(**kw)
-        assert e.value.code == Code.NOT_FOUND and text in e.value.details
+        assert e.value.code == code and text in e.value.details
 
 
 def test_metadata_and_status(client):
     meta = client.metadata()
-    assert set(meta) == {"serving_default", "serving_images"}
+    assert set(meta) == {"classification", "serving_default", "serving_images"}
     assert meta["serving_images"]["inputs"] == {"images": ("DT_STRING", [-1])}
     assert meta["serving_images"]["outputs"]["probabilities"] == ("DT_FLOAT", [-1, 3])
     assert meta["serving_default"]["version"] == 2
@@ -199,14 +208,18 @@ def test_metadata_and_status(client):
         [(2, "AVAILABLE", 0), (1, "AVAILABLE", 0)]
 
 
-def test_classify_uses_the_class_vocabulary(client):
+def test_classify_uses_the_classification_signature(client):
     (classes,) = client.classify([png(BLUE)])
     assert [label for label, _ in classes] == list(CLASSES)
     probs = client.predict([png(BLUE)])[0].probabilities
     np.testing.assert_allclose([s for _, s in classes], probs, rtol=1e-6)
-    with pytest.raises(ServingError) as e:
-        client.classify([png(BLUE)], signature_name="serving_images")
-    assert e.value.code == Code.INVALID_ARGUMENT and "serialized tf.Examples" in e.value.details
+    # As TF Serving's classifier.cc: other signatures are refused, saying why.
+    for signature, text in (("serving_default", "Expected one or two output Tensors, found 3"),
+                            ("serving_images", "Expected one or two output Tensors, found 3"),
+                            ("nope", "No signature was found with the name: nope")):
+        with pytest.raises(ServingError) as e:
+            client.classify([png(BLUE)], signature_name=signature)
+        assert e.value.code == Code.INVALID_ARGUMENT and text in e.value.details
     with pytest.raises(ServingError) as e:
         client.classify([])
     assert e.value.code == Code.INVALID_ARGUMENT and "request has no input" in e.value.details
@@ -219,6 +232,7 @@ def test_classify_merges_the_context_into_each_example(server):
     request = classification_pb2.ClassificationRequest()
     request.model_spec.name = "colors"
     request.model_spec.version.value = 1
+    request.model_spec.signature_name = "classification"
     listed = request.input.example_list_with_context
     listed.context.CopyFrom(example_pb2.Example.FromString(sigs.image_example(png(GREEN))))
     listed.examples.add()  # no image of its own: takes the context's
@@ -290,7 +304,7 @@ def bad_requests():
         ("no model name", "", "serving_images", None, {"images": _tensor([ok])},
          Code.INVALID_ARGUMENT, "model_spec.name is empty"),
         ("unknown signature", "colors", "serving_nope", None, {"images": _tensor([ok])},
-         Code.NOT_FOUND, "signature 'serving_nope' not found"),
+         Code.FAILED_PRECONDITION, 'Serving signature key "serving_nope" not found'),
         ("unknown version", "colors", "serving_images", 99, {"images": _tensor([ok])},
          Code.NOT_FOUND, "version 99 of model 'colors' is not loaded"),
     ]
@@ -375,7 +389,7 @@ def test_newly_pushed_version_is_served_without_restart(models, tmp_path):
             wait_for(lambda: all(s["state"] == "END" for s in c.status()))
             with pytest.raises(ServingError) as e:
                 c.predict([png(RED)])
-            assert e.value.code == Code.UNAVAILABLE and "no loaded version yet" in e.value.details
+            assert e.value.code == Code.NOT_FOUND and "Servable not found" in e.value.details
             with grpc.insecure_channel(srv.address) as channel:
                 assert health_pb2_grpc.HealthStub(channel).Check(
                     health_pb2.HealthCheckRequest(service=""), timeout=5).status == \

@@ -137,7 +137,7 @@ def test_burst_of_bad_requests_leaves_the_server_serving(served):
         (_request("other", "serving_images", {"images": (s, [jpeg])}),
          grpc.StatusCode.NOT_FOUND, "model 'other' is not served here"),
         (_request(name, "predict", {"images": (s, [jpeg])}),
-         grpc.StatusCode.NOT_FOUND, "signature 'predict' not found"),
+         grpc.StatusCode.FAILED_PRECONDITION, 'Serving signature key "predict" not found'),
         (_request(name, "serving_images", {"images": (s, [jpeg])}, version=1),
          grpc.StatusCode.NOT_FOUND, "version 1 of model"),
     ]
