@@ -32,7 +32,7 @@ from google.protobuf import json_format
 from tensorflow.core.example import example_pb2, feature_pb2
 from tensorflow.core.framework import types_pb2
 from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2,
-                                     get_model_status_pb2, predict_pb2)
+                                     get_model_status_pb2, predict_pb2, regression_pb2)
 
 from serving import server as srv
 
@@ -111,13 +111,18 @@ def _tensor(key: str, value, dtype: int):
 def predict_inputs(body: dict, sig) -> Dict[str, object]:
     """The `instances` (row) or `inputs` (columnar) of a :predict body, as TensorProtos."""
     names = sorted(sig.inputs)
-    if ("instances" in body) == ("inputs" in body):
-        raise _bad("the request must have exactly one of 'instances' (row format) and "
-                   "'inputs' (columnar format)")
+    # The messages are json_tensor.cc's (FillPredictRequestFromJson).
+    if "instances" not in body and "inputs" not in body:
+        raise _bad("Missing 'inputs' or 'instances' key")
+    if "instances" in body and "inputs" in body:
+        raise _bad("Not formatted correctly expecting only one of 'inputs' or 'instances' "
+                   "keys to exist")
     if "instances" in body:
         rows = _decode(body["instances"])
-        if not isinstance(rows, list) or not rows:
-            raise _bad("'instances' must be a non-empty list")
+        if not isinstance(rows, list):
+            raise _bad("Expecting 'instances' to be an list/array")
+        if not rows:
+            raise _bad("No values in 'instances' array")
         named = all(isinstance(r, dict) for r in rows)
         if named:
             columns = {}
@@ -184,9 +189,8 @@ def predict_json(outputs: Dict[str, np.ndarray], row_format: bool) -> dict:
         return {"outputs": next(iter(values.values())) if len(values) == 1 else values}
     batch = {v.shape[0] if v.ndim else None for v in outputs.values()}
     if len(batch) != 1 or None in batch:
-        raise srv.RequestError(grpc.StatusCode.INVALID_ARGUMENT,
-                               "outputs have different batch sizes (or none); ask for the "
-                               "columnar format ('inputs') instead of 'instances'")
+        raise _bad("outputs have inconsistent batch sizes (or none); ask for the "
+                   "columnar format ('inputs') instead of 'instances'")
     columns = {k: _json_value(k, v) for k, v in outputs.items()}
     if len(columns) == 1:
         return {"predictions": next(iter(columns.values()))}
@@ -228,9 +232,9 @@ class RestApi:
                 return self.predict(m.group(1, 2, 3), request)
             if verb == "classify":
                 return self.classify(m.group(1, 2, 3), request)
-            raise srv.RequestError(grpc.StatusCode.UNIMPLEMENTED,
-                                   "Regress: the classifier has no regression signature; "
-                                   "use :predict")
+            regress = regression_pb2.RegressionRequest()
+            self._spec(regress.model_spec, *m.group(1, 2, 3))
+            return self.prediction.Regress(regress, _Context())
         m = _STATUS.fullmatch(path)
         if method == "GET" and m:
             if m.group(4):

@@ -97,18 +97,23 @@ def models(tmp_path_factory):
     return {shift: build_standin(str(root / f"shift{shift}"), shift) for shift in (0, 1)}
 
 
-@pytest.fixture(scope="module")
-def server(models, tmp_path_factory):
-    base = str(tmp_path_factory.mktemp("serving") / "colors")
+def serve_two_versions(models, base, **options):
+    """Versions 1 and 2 (rotated) of the stand-in, label stable=1, both loaded."""
     push(models[0], base, 1)
     push(models[1], base, 2)
     srv = ModelServer(base, "colors", max_batch_size=MAX_BATCH, max_payload_bytes=MAX_PAYLOAD,
                       max_image_pixels=MAX_PIXELS, num_versions=2, version_labels={"stable": 1},
-                      poll_interval_s=0.2)
+                      poll_interval_s=0.2, **options)
     srv.start()
     assert srv.wait_until_available(60)
     while len(srv.manager.loaded()) < 2:
         time.sleep(0.1)
+    return srv
+
+
+@pytest.fixture(scope="module")
+def server(models, tmp_path_factory):
+    srv = serve_two_versions(models, str(tmp_path_factory.mktemp("serving") / "colors"))
     yield srv
     srv.stop()
 
