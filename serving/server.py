@@ -150,12 +150,12 @@ def load_version(path: str, version: int, warmup: bool = True) -> LoadedVersion:
     return loaded
 
 
-def _warm_up(loaded: LoadedVersion) -> None:
+def _warm_up(loaded: LoadedVersion, use_file: bool = True) -> None:
     """The first call of a function pays for graph optimisation; pay it here, not
     on a client's request, and refuse a version that cannot run. Like TF Serving
     (servables/tensorflow/saved_model_warmup.cc) a failing warmup request fails
     the load."""
-    logs = warmup_file.read(loaded.path)
+    logs = warmup_file.read(loaded.path) if use_file else []
     if logs:
         for signature, inputs in warmup_file.replayable(logs):
             name, _ = _signature(loaded, signature)
