@@ -5,11 +5,13 @@
 (1) Load and first requests: each trial is a fresh process (TF's caches are per
 process, as a restarted TF Serving's are) that loads the version with
 serving/server.py `load_version`, then times its first requests: `serving_images`
-at batch 1 (a real JPEG), again at batch 1, then batch 32. Warmup modes:
+at batch 1 (a real JPEG), again at batch 1, then batch 32 twice. Warmup modes:
 `none` (what TF Serving does without a warmup file), `file` (the version's
 assets.extra/tf_serving_warmup_requests replayed, as TF Serving does), `png`
-(the local server's former warmup: one 8x8 PNG per signature). Modes alternate
-trial by trial, so load from other jobs hits them alike.
+(the local server's former warmup: one 8x8 PNG per signature). Loaders:
+`session` (the server's, as TF Serving: a Session on the MetaGraph) and
+`object` (the former one, tf.saved_model.load). Modes alternate trial by
+trial, so load from other jobs hits them alike.
 (2) REST vs gRPC: one `python -m serving.cli serve --rest-api-port 0` process;
 ServingClient and RestClient alternate rounds of `predict` at batch 1 and 32;
 p50 per transport and their ratio. Also the wall time from starting `serve` to
@@ -35,7 +37,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 RESULTS = os.path.join(REPO, "benchmarks", "results")
 SAMPLE = os.path.join(REPO, "data", "cifar10-sample", "test")
-MODES = ("none", "file", "png")
+# (warmup, loader): the warmup modes on the server's loader, and the former loader.
+MODES = (("none", "session"), ("file", "session"), ("png", "session"), ("file", "object"))
 
 CHILD = r"""
 import json, sys, time
@@ -45,15 +48,11 @@ import numpy as np
 import tensorflow as tf
 from serving import server
 imported = time.perf_counter() - t0
-path, mode, images = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+path, mode, loader, images = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
 jpegs = [open(f, "rb").read() for f in images]
 t = time.perf_counter()
-loaded = server.load_version(path, 1, warmup=False)
+loaded = server.load_version(path, 1, warmup=False, loader=loader)
 load_version = time.perf_counter() - t
-t = time.perf_counter()  # the project's own share of it: parsing saved_model.pb again
-from tensorflow.core.protobuf import saved_model_pb2
-saved_model_pb2.SavedModel.FromString(open(path + "/saved_model.pb", "rb").read())
-parse = time.perf_counter() - t
 t = time.perf_counter()
 if mode != "none":
     server._warm_up(loaded, use_file=(mode == "file"))
@@ -67,7 +66,7 @@ second_b1 = req(jpegs[1:2])
 first_b32 = req(jpegs[:32])
 second_b32 = req(jpegs[32:64])
 print(json.dumps({"import_s": imported, "load_version_s": load_version,
-                  "pb_parse_s": parse, "warmup_s": warmup,
+                  "warmup_s": warmup,
                   "first_b1_ms": first_b1 * 1e3, "second_b1_ms": second_b1 * 1e3,
                   "first_b32_ms": first_b32 * 1e3, "second_b32_ms": second_b32 * 1e3}))
 """
@@ -82,10 +81,12 @@ def images():
 
 def load_trials(model_dir, trials, files):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=REPO)
-    runs = {m: [] for m in MODES}
+    runs = {f"{w}/{l}": [] for w, l in MODES}
     for i in range(trials):
-        for mode in MODES:
-            out = subprocess.run([sys.executable, "-c", CHILD, model_dir, mode, json.dumps(files)],
+        for warm, loader in MODES:
+            mode = f"{warm}/{loader}"
+            out = subprocess.run([sys.executable, "-c", CHILD, model_dir, warm, loader,
+                                  json.dumps(files)],
                                  cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
             if out.returncode:
                 sys.exit(f"trial failed ({mode}):\n{out.stderr[-3000:]}")
@@ -145,10 +146,10 @@ def transport(model_dir, rounds, per_round, files):
 def markdown(r):
     lines = [f"Model: `{r['model_dir']}` ({r['model_note']}); {r['trials']} trials per mode, "
              "medians; each trial a fresh process.", "",
-             "| warmup | load_version s | of it pb parse s | warmup s | 1st b1 ms | "
-             "2nd b1 ms | 1st b32 ms | 2nd b32 ms |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+             "| warmup / loader | load s | warmup s | 1st b1 ms | "
+             "2nd b1 ms | 1st b32 ms | 2nd b32 ms |", "|---|---:|---:|---:|---:|---:|---:|"]
     for mode, m in r["load"].items():
-        lines.append(f"| {mode} | {m['load_version_s']} | {m['pb_parse_s']} | "
+        lines.append(f"| {mode} | {m['load_version_s']} | "
                      f"{m['warmup_s']} | {m['first_b1_ms']} | {m['second_b1_ms']} | "
                      f"{m['first_b32_ms']} | {m['second_b32_ms']} |")
     lines += ["", f"`serve` start to ready line (ports open, warmup file replayed): "

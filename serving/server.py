@@ -111,11 +111,15 @@ def as_proto_field(value) -> tensor_pb2.TensorProto:
 class LoadedVersion:
     version: int
     path: str
-    model: object  # the tf.saved_model.load object: keeps the functions alive
+    model: object  # a tf.compat.v1.Session on the version's graph, or a tf.saved_model.load object
     signature_defs: Dict[str, object]  # name -> meta_graph_pb2.SignatureDef
     labels: Optional[List[str]]  # the class vocabulary, when the model carries it
 
     def run(self, signature: str, inputs: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+        if isinstance(self.model, tf.compat.v1.Session):
+            sig = self.signature_defs[signature]
+            return self.model.run({k: v.name for k, v in sig.outputs.items()},
+                                  feed_dict={sig.inputs[k].name: v for k, v in inputs.items()})
         fn = self.model.signatures[signature]
         out = fn(**{k: tf.constant(v) for k, v in inputs.items()})
         return {k: v.numpy() for k, v in out.items()}
@@ -131,14 +135,29 @@ def _warmup_png() -> bytes:
     return buf.getvalue()
 
 
-def load_version(path: str, version: int, warmup: bool = True) -> LoadedVersion:
+# How a version is loaded. "session", as TF Serving does it (a Session on the
+# MetaGraph, running the signatures' tensors), takes about a third of the time of
+# "object" (tf.saved_model.load), which rebuilds every Keras layer's saved
+# function in Python (benchmarks/serving_startup.py).
+LOADERS = ("session", "object")
+
+
+def load_version(path: str, version: int, warmup: bool = True,
+                 loader: str = "session") -> LoadedVersion:
     """Loads and warms up one version; raises when it cannot serve."""
-    model = tf.saved_model.load(path, tags=["serve"])
-    with tf.io.gfile.GFile(f"{path}/saved_model.pb", "rb") as f:
-        saved = saved_model_pb2.SavedModel.FromString(f.read())
-    meta = next(m for m in saved.meta_graphs if "serve" in m.meta_info_def.tags)
-    defs = {k: v for k, v in meta.signature_def.items()
-            if not k.startswith("__") and k in model.signatures}
+    if loader == "session":
+        graph = tf.Graph()
+        model = tf.compat.v1.Session(graph=graph)
+        with graph.as_default():
+            meta = tf.compat.v1.saved_model.loader.load(model, ["serve"], path)
+        defs = {k: v for k, v in meta.signature_def.items() if not k.startswith("__")}
+    else:
+        model = tf.saved_model.load(path, tags=["serve"])
+        with tf.io.gfile.GFile(f"{path}/saved_model.pb", "rb") as f:
+            saved = saved_model_pb2.SavedModel.FromString(f.read())
+        meta = next(m for m in saved.meta_graphs if "serve" in m.meta_info_def.tags)
+        defs = {k: v for k, v in meta.signature_def.items()
+                if not k.startswith("__") and k in model.signatures}
     labels = None
     labels_path = f"{path}/assets/{sigs.LABELS_ASSET}"
     if tf.io.gfile.exists(labels_path):
