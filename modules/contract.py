@@ -29,7 +29,11 @@ SERVING_DEFAULT = "serving_default"  # serialized tf.Examples with an `image` fe
 SERVING_IMAGES = "serving_images"  # encoded image bytes
 TRANSFORM_FEATURES = "transform_features"  # examples with `label` -> label_id (TFMA)
 EMBEDDINGS = "embeddings"  # examples -> serving_default's outputs plus `embedding`
-SIGNATURES = (SERVING_DEFAULT, SERVING_IMAGES, TRANSFORM_FEATURES, EMBEDDINGS)
+# For TF Serving's Classify API: classifier.cc takes only a signature of one
+# input named `inputs` (serialized tf.Examples) to `classes` and/or `scores`.
+CLASSIFICATION = "classification"
+CLASSIFY_INPUT, CLASSIFY_CLASSES, CLASSIFY_SCORES = "inputs", "classes", "scores"
+SIGNATURES = (SERVING_DEFAULT, SERVING_IMAGES, TRANSFORM_FEATURES, EMBEDDINGS, CLASSIFICATION)
 
 EXAMPLES_INPUT = "examples"
 IMAGES_INPUT = "images"
@@ -44,6 +48,10 @@ EMBEDDING = "embedding"  # [batch, D] float32: the head's input
 # Beside the module config's "model" and "training": the settings of the TFJob
 # executor, when the Trainer runs as a TFJob.
 TFJOB_CONFIG_KEY = "tfjob"
+
+# --- TF Serving's warmup file inside a SavedModel (saved_model_warmup.cc) ---------
+WARMUP_DIR = "assets.extra"
+WARMUP_FILE = "tf_serving_warmup_requests"
 
 # --- side files next to artefacts ----------------------------------------------
 TRAINING_REPORT_FILE = "training_report.json"  # next to the Model's serving dir

@@ -24,6 +24,7 @@ import tensorflow_transform as tft
 import tf_keras as keras
 
 from modules import backbones, contract
+from modules import warmup
 from modules.config import ModelConfig, ModuleConfig, TrainingConfig
 
 log = logging.getLogger("tfx_transfer.trainer")
@@ -448,13 +449,23 @@ def export(model: keras.Model, tf_transform_output, path: str, class_names: List
         out[contract.EMBEDDING] = embed(pixels, training=False)
         return out
 
+    # TF Serving's Classify API takes only this shape of signature (classifier.cc).
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=contract.CLASSIFY_INPUT)])
+    def classification(inputs):
+        out = _outputs(model, images_from(inputs), names)
+        return {contract.CLASSIFY_CLASSES: out[contract.CLASSES],
+                contract.CLASSIFY_SCORES: out[contract.PROBABILITIES]}
+
     signatures = {
         contract.SERVING_DEFAULT: serve_examples.get_concrete_function(),
         contract.SERVING_IMAGES: serve_images.get_concrete_function(),
         contract.TRANSFORM_FEATURES: transform_features.get_concrete_function(),
         contract.EMBEDDINGS: embeddings.get_concrete_function(),
+        contract.CLASSIFICATION: classification.get_concrete_function(),
     }
     model.save(path, save_format="tf", signatures=signatures)
+    # TF Serving replays it while loading, so production's first requests are warm.
+    warmup.write_for_classifier(path, class_names)
 
 
 # --------------------------------------------------------------------------

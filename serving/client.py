@@ -96,6 +96,12 @@ def encode_image(image: ImageInput) -> Tuple[str, bytes]:
                     "a uint8 array")
 
 
+def top_classes(probabilities: np.ndarray, k: int, class_name) -> List[ClassScore]:
+    """The k most probable classes, named by class_name(class id)."""
+    order = np.argsort(-probabilities, kind="stable")[:k]
+    return [ClassScore(int(i), class_name(int(i)), float(probabilities[i])) for i in order]
+
+
 def read_labels(path: str) -> List[str]:
     """A vocabulary file: line i names class id i (the model's assets/label)."""
     with open(path) as f:
@@ -213,8 +219,7 @@ class ServingClient:
         return results
 
     def top_classes(self, probabilities: np.ndarray, k: int) -> List[ClassScore]:
-        order = np.argsort(-probabilities, kind="stable")[:k]
-        return [ClassScore(int(i), self.class_name(int(i)), float(probabilities[i])) for i in order]
+        return top_classes(probabilities, k, self.class_name)
 
     def class_name(self, class_id: int) -> Optional[str]:
         if self.labels and class_id < len(self.labels):
@@ -222,7 +227,7 @@ class ServingClient:
         return self._seen_names.get(class_id)
 
     def classify(self, images: Iterable[ImageInput],
-                 signature_name: str = sigs.SERVING_DEFAULT) -> List[List[Tuple[str, float]]]:
+                 signature_name: str = sigs.CLASSIFICATION) -> List[List[Tuple[str, float]]]:
         """Classify API: (label, score) of every class per image, as the server orders them."""
         from tensorflow.core.example import example_pb2
 

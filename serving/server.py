@@ -17,6 +17,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
+import re
+import socket
 import threading
 import time
 from concurrent import futures
@@ -28,13 +30,14 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from modules import keras_compat  # noqa: F401
 import tensorflow as tf
-from tensorflow.core.framework import types_pb2
+from tensorflow.core.framework import tensor_pb2, types_pb2
 from tensorflow.core.protobuf import saved_model_pb2
 from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2,
                                      get_model_status_pb2, model_service_pb2_grpc,
                                      predict_pb2, prediction_service_pb2_grpc, status_pb2)
 
 from serving import signatures as sigs
+from serving import warmup as warmup_file
 
 log = logging.getLogger("tfx_transfer.serving")
 
@@ -42,6 +45,7 @@ DEFAULT_SIGNATURE = sigs.SERVING_DEFAULT  # what TF Serving uses when the reques
 PREDICTION_SERVICE = "tensorflow.serving.PredictionService"
 MODEL_SERVICE = "tensorflow.serving.ModelService"
 State = get_model_status_pb2.ModelVersionStatus.State
+_VERSION_NAME = re.compile(r"[0-9]+")
 _CODES = {c.value[0]: c for c in grpc.StatusCode}
 
 
@@ -68,17 +72,54 @@ def _tf_message(e: tf.errors.OpError) -> str:
     return text.split(" [Op:")[0].split("\t [[")[0].strip()
 
 
+# TF Serving answers Predict with Tensor::AsProtoField (servables/tensorflow/
+# predict_util.cc, PostProcessPredictionResult under its default option
+# kAsProtoField): the values go into the dtype's repeated field, never into
+# tensor_content, so a client reading float_val gets them.
+_PROTO_FIELDS = {
+    np.dtype(np.float32): "float_val", np.dtype(np.float64): "double_val",
+    np.dtype(np.int8): "int_val", np.dtype(np.int16): "int_val", np.dtype(np.int32): "int_val",
+    np.dtype(np.uint8): "int_val", np.dtype(np.uint16): "int_val",
+    np.dtype(np.int64): "int64_val", np.dtype(np.uint32): "uint32_val",
+    np.dtype(np.uint64): "uint64_val", np.dtype(np.bool_): "bool_val",
+}
+
+
+def as_proto_field(value) -> tensor_pb2.TensorProto:
+    """An output array as TF Serving encodes it (see _PROTO_FIELDS)."""
+    value = np.asarray(value)
+    if value.dtype.kind in "OSU":
+        dtype, field = types_pb2.DT_STRING, "string_val"
+        values = [v if isinstance(v, bytes) else str(v).encode() for v in value.reshape(-1)]
+    elif value.dtype == np.float16:  # half_val holds the bits
+        dtype, field, values = types_pb2.DT_HALF, "half_val", value.view(np.uint16).reshape(-1)
+    elif value.dtype in _PROTO_FIELDS:
+        dtype = tf.as_dtype(value.dtype).as_datatype_enum
+        field, values = _PROTO_FIELDS[value.dtype], value.reshape(-1)
+    else:
+        return tf.make_tensor_proto(value)
+    proto = tensor_pb2.TensorProto(dtype=dtype)
+    for d in value.shape:
+        proto.tensor_shape.dim.add(size=d)
+    getattr(proto, field).extend(values.tolist() if isinstance(values, np.ndarray) else values)
+    return proto
+
+
 # --------------------------------------------------------------------------
 # A loaded version
 @dataclasses.dataclass
 class LoadedVersion:
     version: int
     path: str
-    model: object  # the tf.saved_model.load object: keeps the functions alive
+    model: object  # a tf.compat.v1.Session on the version's graph, or a tf.saved_model.load object
     signature_defs: Dict[str, object]  # name -> meta_graph_pb2.SignatureDef
     labels: Optional[List[str]]  # the class vocabulary, when the model carries it
 
     def run(self, signature: str, inputs: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+        if isinstance(self.model, tf.compat.v1.Session):
+            sig = self.signature_defs[signature]
+            return self.model.run({k: v.name for k, v in sig.outputs.items()},
+                                  feed_dict={sig.inputs[k].name: v for k, v in inputs.items()})
         fn = self.model.signatures[signature]
         out = fn(**{k: tf.constant(v) for k, v in inputs.items()})
         return {k: v.numpy() for k, v in out.items()}
@@ -94,28 +135,56 @@ def _warmup_png() -> bytes:
     return buf.getvalue()
 
 
-def load_version(path: str, version: int) -> LoadedVersion:
+# How a version is loaded. "session", as TF Serving does it (a Session on the
+# MetaGraph, running the signatures' tensors), takes about a third of the time of
+# "object" (tf.saved_model.load), which rebuilds every Keras layer's saved
+# function in Python (benchmarks/serving_startup.py).
+LOADERS = ("session", "object")
+
+
+def load_version(path: str, version: int, warmup: bool = True,
+                 loader: str = "session") -> LoadedVersion:
     """Loads and warms up one version; raises when it cannot serve."""
-    model = tf.saved_model.load(path, tags=["serve"])
-    with tf.io.gfile.GFile(f"{path}/saved_model.pb", "rb") as f:
-        saved = saved_model_pb2.SavedModel.FromString(f.read())
-    meta = next(m for m in saved.meta_graphs if "serve" in m.meta_info_def.tags)
-    defs = {k: v for k, v in meta.signature_def.items()
-            if not k.startswith("__") and k in model.signatures}
+    if loader == "session":
+        graph = tf.Graph()
+        model = tf.compat.v1.Session(graph=graph)
+        with graph.as_default():
+            meta = tf.compat.v1.saved_model.loader.load(model, ["serve"], path)
+        defs = {k: v for k, v in meta.signature_def.items() if not k.startswith("__")}
+    else:
+        model = tf.saved_model.load(path, tags=["serve"])
+        with tf.io.gfile.GFile(f"{path}/saved_model.pb", "rb") as f:
+            saved = saved_model_pb2.SavedModel.FromString(f.read())
+        meta = next(m for m in saved.meta_graphs if "serve" in m.meta_info_def.tags)
+        defs = {k: v for k, v in meta.signature_def.items()
+                if not k.startswith("__") and k in model.signatures}
     labels = None
     labels_path = f"{path}/assets/{sigs.LABELS_ASSET}"
     if tf.io.gfile.exists(labels_path):
         with tf.io.gfile.GFile(labels_path) as f:
             labels = [l.rstrip("\n") for l in f if l.strip()]
     loaded = LoadedVersion(version, path, model, defs, labels)
-    # The first call of a function pays for graph optimisation; pay it here, not
-    # on a client's request, and refuse a version that cannot run.
+    if warmup:
+        _warm_up(loaded)
+    return loaded
+
+
+def _warm_up(loaded: LoadedVersion, use_file: bool = True) -> None:
+    """The first call of a function pays for graph optimisation; pay it here, not
+    on a client's request, and refuse a version that cannot run. Like TF Serving
+    (servables/tensorflow/saved_model_warmup.cc) a failing warmup request fails
+    the load."""
+    logs = warmup_file.read(loaded.path) if use_file else []
+    if logs:
+        for signature, inputs in warmup_file.replayable(logs):
+            name, _ = _signature(loaded, signature)
+            loaded.run(name, {k: _to_array(k, v) for k, v in inputs.items()})
+        return
     png = _warmup_png()
     for name, (key, kind) in sigs.SIGNATURE_INPUTS.items():
-        if name in defs and key in defs[name].inputs:
+        if name in loaded.signature_defs and key in loaded.signature_defs[name].inputs:
             element = png if kind == sigs.IMAGES else sigs.image_example(png)
             loaded.run(name, {key: np.array([element], dtype=object)})
-    return loaded
 
 
 # --------------------------------------------------------------------------
@@ -149,54 +218,67 @@ class VersionManager:
         for name in names:
             name = name.rstrip("/")
             path = f"{self.base_path}/{name}"
-            if name.isdigit() and tf.io.gfile.exists(f"{path}/saved_model.pb"):
+            # str.isdigit() accepts '²', which int() refuses: ASCII digits only.
+            if _VERSION_NAME.fullmatch(name) and tf.io.gfile.exists(f"{path}/saved_model.pb"):
                 found[int(name)] = path
         return found
 
     @staticmethod
     def _stamp(path: str) -> tuple:
-        st = tf.io.gfile.stat(f"{path}/saved_model.pb")
-        return st.length, st.mtime_nsec
+        """Every file's (path, size, mtime): a failed version is retried when any of
+        them changes (its variables/ may land after its saved_model.pb)."""
+        files = []
+        for folder, _, names in tf.io.gfile.walk(path):
+            for name in names:
+                st = tf.io.gfile.stat(f"{folder}/{name}")
+                files.append((f"{folder}/{name}", st.length, st.mtime_nsec))
+        return tuple(sorted(files))
 
     def poll_once(self) -> None:
         disk = self.on_disk()
-        wanted = sorted(disk, reverse=True)[:self.num_versions]
         if not disk and not self._warned_empty:
             log.warning("no version of %s under %s yet (waiting for <version>/saved_model.pb)",
                         self.model_name, self.base_path)
             self._warned_empty = True
-        for v in wanted:
-            if v in self._loaded:
-                continue
-            stamp = self._stamp(disk[v])
-            if self._failed.get(v) == stamp:  # retried only once its files change
-                continue
-            self._set_status(v, State.LOADING)
-            start = time.time()
-            try:
-                loaded = load_version(disk[v], v)
-            except Exception as e:  # noqa: BLE001 - any failure means: keep serving the old one
-                log.error("cannot load %s version %d from %s: %s", self.model_name, v, disk[v], e)
-                self._failed[v] = stamp
-                self._set_status(v, State.END, grpc.StatusCode.UNKNOWN.value[0],
-                                 f"load failed: {e}"[:2000])
-                continue
-            with self._lock:
-                self._loaded[v] = loaded
-            self._set_status(v, State.AVAILABLE)
-            log.info("serving %s version %d from %s (loaded in %.1fs)", self.model_name, v,
-                     disk[v], time.time() - start)
-        # Unload what is no longer wanted, but never the last servable version
-        # while the wanted ones failed to load (unless its files are gone).
-        keep_old = not any(v in self._loaded for v in wanted)
+        # The newest `num_versions` versions that load, tried newest first: when
+        # the served version is removed or a new one fails, the next older
+        # loadable one serves after this same poll.
+        wanted = []
+        for v in sorted(disk, reverse=True):
+            if len(wanted) == self.num_versions:
+                break
+            if v in self._loaded or self._load(v, disk[v]):
+                wanted.append(v)
         for v in list(self._loaded):
-            if v not in wanted and (v not in disk or not keep_old):
+            if v not in wanted:
                 with self._lock:
                     del self._loaded[v]
                 self._set_status(v, State.END)
                 log.info("unloaded %s version %d", self.model_name, v)
         if self._on_change:
             self._on_change(bool(self._loaded))
+
+    def _load(self, v: int, path: str) -> bool:
+        stamp = self._stamp(path)
+        if self._failed.get(v) == stamp:
+            return False
+        self._set_status(v, State.LOADING)
+        start = time.time()
+        try:
+            loaded = load_version(path, v)
+        except Exception as e:  # noqa: BLE001 - any failure means: keep serving the old one
+            log.error("cannot load %s version %d from %s: %s", self.model_name, v, path, e)
+            self._failed[v] = stamp
+            self._set_status(v, State.END, grpc.StatusCode.UNKNOWN.value[0],
+                             f"load failed: {e}"[:2000])
+            return False
+        self._failed.pop(v, None)
+        with self._lock:
+            self._loaded[v] = loaded
+        self._set_status(v, State.AVAILABLE)
+        log.info("serving %s version %d from %s (loaded in %.1fs)", self.model_name, v, path,
+                 time.time() - start)
+        return True
 
     def _set_status(self, version, state, code=0, message=""):
         with self._lock:
@@ -247,15 +329,20 @@ class VersionManager:
             label = spec.version_label
             if label not in self.version_labels:
                 known = ", ".join(sorted(self.version_labels)) or "none configured"
-                raise RequestError(grpc.StatusCode.NOT_FOUND,
-                                   f"unknown version label '{label}' (labels: {known})")
+                # INVALID_ARGUMENT as TF Serving's ServerCore::GetModelVersionForLabel.
+                raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
+                                   f"Unrecognized servable version label: {label} "
+                                   f"(labels: {known})")
             version = self.version_labels[label]
         elif which == "version":
             version = spec.version.value
         else:
             if not loaded:
-                raise RequestError(grpc.StatusCode.UNAVAILABLE,
-                                   f"model '{self.model_name}' has no loaded version yet "
+                # NOT_FOUND as TF Serving's BasicManager (core/basic_manager.cc) when
+                # every version is gone; the ports are not open before the first load.
+                raise RequestError(grpc.StatusCode.NOT_FOUND,
+                                   f"Servable not found for request: Latest({self.model_name}): "
+                                   f"no version of model '{self.model_name}' is loaded "
                                    f"(base path {self.base_path})")
             return loaded[max(loaded)]
         if version not in loaded:
@@ -271,8 +358,10 @@ class VersionManager:
 def _signature(loaded: LoadedVersion, name: str):
     name = name or DEFAULT_SIGNATURE
     if name not in loaded.signature_defs:
-        raise RequestError(grpc.StatusCode.NOT_FOUND,
-                           f"signature '{name}' not found in version {loaded.version}; it has: "
+        # FAILED_PRECONDITION as TF Serving's RunPredict (servables/tensorflow/predict_util.cc).
+        raise RequestError(grpc.StatusCode.FAILED_PRECONDITION,
+                           f"Serving signature key \"{name}\" not found in version "
+                           f"{loaded.version}; it has: "
                            f"{', '.join(sorted(loaded.signature_defs))}")
     return name, loaded.signature_defs[name]
 
@@ -402,51 +491,44 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         _response_spec(response.model_spec, loaded, self.manager.model_name, name)
         for key, value in outputs.items():
             if not request.output_filter or key in request.output_filter:
-                response.outputs[key].CopyFrom(tf.make_tensor_proto(value))
+                response.outputs[key].CopyFrom(as_proto_field(value))
         return response
 
     @_rpc
     def Classify(self, request, context):
         loaded = self.manager.resolve(request.model_spec)
-        name, sig = _signature(loaded, request.model_spec.signature_name)
-        contract = sigs.SIGNATURE_INPUTS.get(name)
-        string_inputs = [k for k, v in sig.inputs.items() if v.dtype == types_pb2.DT_STRING]
-        if (contract and contract[1] != sigs.EXAMPLES) or len(sig.inputs) != 1 or not string_inputs:
+        name = request.model_spec.signature_name or DEFAULT_SIGNATURE
+        sig = loaded.signature_defs.get(name)
+        if sig is None:
             raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
-                               f"Classify needs a signature whose one input is serialized "
-                               f"tf.Examples; '{name}' takes {sorted(sig.inputs)} "
-                               f"({', '.join(_describe(v) for v in sig.inputs.values())}). "
-                               f"Use '{DEFAULT_SIGNATURE}', or Predict")
-        scores_key = next((k for k in ("scores", sigs.PROBABILITIES) if k in sig.outputs), None)
-        if scores_key is None:
-            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
-                               f"signature '{name}' has no 'scores' or '{sigs.PROBABILITIES}' "
-                               f"output to classify with (outputs: {sorted(sig.outputs)})")
+                               f"No signature was found with the name: {name}")
+        _classification_contract(name, sig)
         examples = _examples_of(request.input)
-        key = string_inputs[0]
-        arrays = check_inputs(name, sig, {key: sigs.string_tensor(examples)}, self.limits)
+        arrays = check_inputs(name, sig, {sigs.CLASSIFY_INPUT: sigs.string_tensor(examples)},
+                              self.limits)
         outputs = loaded.run(name, arrays)
-        scores = np.asarray(outputs[scores_key])
-        classes = outputs.get(sigs.CLASSES)
+        classes = outputs.get(sigs.CLASSIFY_CLASSES)
+        scores = outputs.get(sigs.CLASSIFY_SCORES)
         response = classification_pb2.ClassificationResponse()
         _response_spec(response.model_spec, loaded, self.manager.model_name, name)
-        for i, row in enumerate(scores.reshape(len(examples), -1)):
+        for i in range(len(examples)):
             result = response.result.classifications.add()
-            for j, score in enumerate(row):
+            width = (classes if classes is not None else scores).shape[1]
+            for j in range(width):
+                c = result.classes.add()
                 if classes is not None:
-                    label = classes[i][j]
-                elif loaded.labels and len(loaded.labels) == len(row):
-                    label = loaded.labels[j]
-                else:
-                    label = str(j)
-                label = label.decode() if isinstance(label, bytes) else label
-                result.classes.add(label=label, score=float(score))
+                    c.label = classes[i][j].decode("utf-8", "replace")
+                if scores is not None:
+                    c.score = float(scores[i][j])
         return response
 
     @_rpc
     def Regress(self, request, context):
-        raise RequestError(grpc.StatusCode.UNIMPLEMENTED,
-                           "Regress: the classifier has no regression signature; use Predict")
+        # TF Serving (servables/tensorflow/regressor.cc) refuses a signature that is
+        # not one input `inputs` -> one output `outputs`; the classifier has none.
+        raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
+                           "Regress: the classifier has no regression signature (one input "
+                           "'inputs', one output 'outputs'); use Predict")
 
     @_rpc
     def MultiInference(self, request, context):
@@ -472,6 +554,26 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
             sig_map.signature_def[name].CopyFrom(sig)
         response.metadata["signature_def"].Pack(sig_map)
         return response
+
+
+def _classification_contract(name: str, sig) -> None:
+    """What TF Serving's PreProcessClassification (servables/tensorflow/classifier.cc)
+    demands of a signature, with its messages, all INVALID_ARGUMENT."""
+    def refuse(message):
+        raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
+                           f"{message} (signature '{name}'; Classify wants "
+                           f"'{sigs.CLASSIFICATION}' or another signature taking "
+                           f"'{sigs.CLASSIFY_INPUT}' to '{sigs.CLASSIFY_CLASSES}'/"
+                           f"'{sigs.CLASSIFY_SCORES}')")
+    if len(sig.inputs) != 1:
+        refuse("Expected one input Tensor.")
+    if len(sig.outputs) not in (1, 2):
+        refuse(f"Expected one or two output Tensors, found {len(sig.outputs)}")
+    if sigs.CLASSIFY_INPUT not in sig.inputs:
+        refuse(f"No classification inputs found in SignatureDef (inputs: {sorted(sig.inputs)})")
+    if not {sigs.CLASSIFY_CLASSES, sigs.CLASSIFY_SCORES} & set(sig.outputs):
+        refuse('Expected classification signature outputs to contain at least one of '
+               f'"{sigs.CLASSIFY_CLASSES}" or "{sigs.CLASSIFY_SCORES}"')
 
 
 def _examples_of(input_proto) -> List[bytes]:
@@ -504,8 +606,8 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
         which = spec.WhichOneof("version_choice")
         if which == "version_label":
             if spec.version_label not in self.manager.version_labels:
-                raise RequestError(grpc.StatusCode.NOT_FOUND,
-                                   f"unknown version label '{spec.version_label}'")
+                raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
+                                   f"Unrecognized servable version label: {spec.version_label}")
             versions = [self.manager.version_labels[spec.version_label]]
         elif which == "version":
             versions = [spec.version.value]
@@ -536,7 +638,13 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
 
 # --------------------------------------------------------------------------
 class ModelServer:
-    """The gRPC server: start(), wait_until_available(), stop()."""
+    """The gRPC (and REST) server: start(), wait_until_available(), stop().
+
+    Like TF Serving (model_servers/server.cc builds ServerCore, which waits for
+    the initial load, before it builds and starts the gRPC and HTTP servers),
+    the ports open only once the first version is AVAILABLE: a client that
+    connects as soon as the port opens gets an answer on its first call.
+    """
 
     def __init__(self, model_base_path: str, model_name: str, port: int = 0,
                  host: str = "127.0.0.1", max_batch_size: int = 64,
@@ -545,41 +653,66 @@ class ModelServer:
                  poll_interval_s: float = 2.0, max_workers: int = 8,
                  max_concurrent_requests: Optional[int] = None,
                  tls_cert: Optional[bytes] = None, tls_key: Optional[bytes] = None,
-                 tls_client_ca: Optional[bytes] = None):
+                 tls_client_ca: Optional[bytes] = None, rest_api_port: Optional[int] = None):
+        if bool(tls_cert) != bool(tls_key):
+            raise ValueError("TLS needs both the server certificate and its private key")
+        # A taken port is reported now, not after a load of many seconds.
+        for p in (port, rest_api_port):
+            if p:
+                _check_bindable(host, p)
         self.health = health.HealthServicer()
         self._service_names = ("", model_name, PREDICTION_SERVICE, MODEL_SERVICE)
         self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         self.manager = VersionManager(model_base_path, model_name, num_versions, version_labels,
                                       poll_interval_s, on_change=self._on_change)
-        limits = Limits(max_batch_size, max_image_pixels)
+        self.limits = Limits(max_batch_size, max_image_pixels)
+        self._host, self._port, self._rest_port = host, port, rest_api_port
+        self._max_payload_bytes, self._max_workers = max_payload_bytes, max_workers
+        self._max_concurrent = max_concurrent_requests
+        self._tls = (tls_cert, tls_key, tls_client_ca)
+        self._server = self.rest = None
+        self.port = self.address = self.rest_address = None
+        self._available = threading.Event()
+        self._open_error: Optional[Exception] = None
+        self._stopping = False
+
+    def _open_ports(self) -> None:
         # gRPC itself answers RESOURCE_EXHAUSTED to a message over the limit and
         # to requests beyond max_concurrent_requests, before any handler runs.
-        self._server = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="rpc"),
-            options=[("grpc.max_receive_message_length", max_payload_bytes),
+        server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=self._max_workers, thread_name_prefix="rpc"),
+            options=[("grpc.max_receive_message_length", self._max_payload_bytes),
                      ("grpc.max_send_message_length", -1),
                      ("grpc.so_reuseport", 0)],
-            maximum_concurrent_rpcs=max_concurrent_requests)
-        prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
-            PredictionService(self.manager, limits), self._server)
+            maximum_concurrent_rpcs=self._max_concurrent)
+        prediction = PredictionService(self.manager, self.limits)
+        prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(prediction, server)
         model_service_pb2_grpc.add_ModelServiceServicer_to_server(
-            ModelService(self.manager), self._server)
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
-        address = f"{host}:{port}"
-        if bool(tls_cert) != bool(tls_key):
-            raise ValueError("TLS needs both the server certificate and its private key")
-        if tls_cert:
-            creds = grpc.ssl_server_credentials([(tls_key, tls_cert)],
-                                                root_certificates=tls_client_ca,
-                                                require_client_auth=tls_client_ca is not None)
-            self.port = self._server.add_secure_port(address, creds)
+            ModelService(self.manager), server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        address = f"{self._host}:{self._port}"
+        cert, key, client_ca = self._tls
+        if cert:
+            creds = grpc.ssl_server_credentials([(key, cert)], root_certificates=client_ca,
+                                                require_client_auth=client_ca is not None)
+            port = server.add_secure_port(address, creds)
         else:
-            self.port = self._server.add_insecure_port(address)
-        if not self.port:
+            port = server.add_insecure_port(address)
+        if not port:
             raise OSError(f"cannot bind {address}")
-        self.address = f"{host}:{self.port}"
-        self._available = threading.Event()
-        self._stopping = False
+        if self._rest_port is not None:
+            from serving.rest import RestServer
+
+            self.rest = RestServer(prediction, ModelService(self.manager), self._host,
+                                   self._rest_port, self._max_payload_bytes)
+            self.rest_address = self.rest.address
+        server.start()
+        if self.rest:
+            self.rest.start()
+        self._server, self.port, self.address = server, port, f"{self._host}:{port}"
+        log.info("local model server for '%s' on %s%s (base path %s)", self.manager.model_name,
+                 self.address, f", REST API on http://{self.rest_address}" if self.rest else "",
+                 self.manager.base_path)
 
     def _set_health(self, status):
         for name in self._service_names:
@@ -590,24 +723,36 @@ class ModelServer:
             return
         self._set_health(health_pb2.HealthCheckResponse.SERVING if serving
                          else health_pb2.HealthCheckResponse.NOT_SERVING)
-        if serving:
+        if serving and not self._available.is_set():
+            try:
+                self._open_ports()
+            except Exception as e:  # noqa: BLE001 - reported by wait_until_available
+                log.error("cannot open the server's ports: %s", e)
+                self._open_error = e
             self._available.set()
 
     def start(self) -> "ModelServer":
-        self._server.start()
+        """Starts loading; the ports open when the first version is AVAILABLE."""
         self.manager.start()
-        log.info("local model server for '%s' on %s (base path %s)", self.manager.model_name,
-                 self.address, self.manager.base_path)
+        log.info("loading '%s' from %s; ports open once a version is AVAILABLE",
+                 self.manager.model_name, self.manager.base_path)
         return self
 
     def wait_until_available(self, timeout: Optional[float] = None) -> bool:
-        return self._available.wait(timeout)
+        """True once the ports are open (a version is AVAILABLE); raises if they cannot be."""
+        ready = self._available.wait(timeout)
+        if self._open_error:
+            raise self._open_error
+        return ready
 
     def stop(self, grace: float = 5.0) -> None:
         """Refuses new requests, lets running ones finish for up to `grace` seconds."""
         self._stopping = True
         self.health.enter_graceful_shutdown()
-        self._server.stop(grace).wait()
+        if self.rest:
+            self.rest.stop()
+        if self._server:
+            self._server.stop(grace).wait()
         self.manager.stop()
 
     def __enter__(self):
@@ -615,3 +760,13 @@ class ModelServer:
 
     def __exit__(self, *exc):
         self.stop(grace=1.0)
+
+
+def _check_bindable(host: str, port: int) -> None:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gRPC and http.server do
+        try:
+            s.bind((host, port))
+        except OSError as e:
+            raise OSError(f"cannot bind {host}:{port}: {e.strerror}") from None

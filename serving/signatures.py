@@ -10,18 +10,20 @@ from __future__ import annotations
 import io
 from typing import Optional, Tuple
 
-from modules.contract import (CLASS_IDS, CLASS_NAMES, CLASSES, EMBEDDINGS,  # noqa: F401
+from modules.contract import (CLASS_IDS, CLASS_NAMES, CLASSES, CLASSIFICATION,  # noqa: F401
+                              CLASSIFY_CLASSES, CLASSIFY_INPUT, CLASSIFY_SCORES, EMBEDDINGS,
                               EXAMPLES_INPUT, IMAGE_KEY as IMAGE_FEATURE, IMAGES_INPUT,
                               LABEL_VOCAB as LABELS_ASSET, PROBABILITIES, SERVING_DEFAULT,
                               SERVING_IMAGES, TRANSFORM_FEATURES)
 
 # Input kinds: what one element of a signature's string input holds.
 IMAGES, EXAMPLES = "images", "examples"
-INPUT_KINDS = {IMAGES_INPUT: IMAGES, EXAMPLES_INPUT: EXAMPLES, "inputs": EXAMPLES}
+INPUT_KINDS = {IMAGES_INPUT: IMAGES, EXAMPLES_INPUT: EXAMPLES, CLASSIFY_INPUT: EXAMPLES}
 SIGNATURE_INPUTS = {
     SERVING_DEFAULT: (EXAMPLES_INPUT, EXAMPLES),
     SERVING_IMAGES: (IMAGES_INPUT, IMAGES),
     EMBEDDINGS: (EXAMPLES_INPUT, EXAMPLES),
+    CLASSIFICATION: (CLASSIFY_INPUT, EXAMPLES),
 }
 
 # What tf.io.decode_image reads. PIL calls multi-picture JPEGs (phone cameras) MPO.

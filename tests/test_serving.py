@@ -22,6 +22,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tensorflow.core.framework import tensor_pb2, types_pb2
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
+from pipeline import cli
 from pipeline.cli import serving as serving_cli
 from serving import signatures as sigs
 from serving.client import RetryPolicy, ServingClient, ServingError, encode_image
@@ -61,7 +62,14 @@ def build_standin(path, shift=0):
         parsed = tf.io.parse_example(examples, {"image": tf.io.FixedLenFeature([], tf.string)})
         return outputs(pixels(parsed["image"]))
 
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="inputs")])
+    def classify(inputs):
+        out = serve_examples(inputs)
+        return {"classes": tf.tile(names[tf.newaxis], [tf.shape(inputs)[0], 1]),
+                "scores": out["probabilities"]}
+
     tf.saved_model.save(tf.Module(), path, signatures={
+        "classification": classify.get_concrete_function(),
         "serving_default": serve_examples.get_concrete_function(),
         "serving_images": serve_images.get_concrete_function()})
     os.makedirs(os.path.join(path, "assets"), exist_ok=True)
@@ -90,18 +98,23 @@ def models(tmp_path_factory):
     return {shift: build_standin(str(root / f"shift{shift}"), shift) for shift in (0, 1)}
 
 
-@pytest.fixture(scope="module")
-def server(models, tmp_path_factory):
-    base = str(tmp_path_factory.mktemp("serving") / "colors")
+def serve_two_versions(models, base, **options):
+    """Versions 1 and 2 (rotated) of the stand-in, label stable=1, both loaded."""
     push(models[0], base, 1)
     push(models[1], base, 2)
     srv = ModelServer(base, "colors", max_batch_size=MAX_BATCH, max_payload_bytes=MAX_PAYLOAD,
                       max_image_pixels=MAX_PIXELS, num_versions=2, version_labels={"stable": 1},
-                      poll_interval_s=0.2)
+                      poll_interval_s=0.2, **options)
     srv.start()
     assert srv.wait_until_available(60)
     while len(srv.manager.loaded()) < 2:
         time.sleep(0.1)
+    return srv
+
+
+@pytest.fixture(scope="module")
+def server(models, tmp_path_factory):
+    srv = serve_two_versions(models, str(tmp_path_factory.mktemp("serving") / "colors"))
     yield srv
     srv.stop()
 
@@ -181,16 +194,18 @@ def test_version_and_label_selection(server):
     assert top1() == (2, "green")  # version 2 rotates the classes
     assert top1(version=1) == (1, "red")
     assert top1(version_label="stable") == (1, "red")
-    for kw, text in (({"version": 7}, "version 7 of model 'colors' is not loaded"),
-                     ({"version_label": "canary"}, "unknown version label 'canary'")):
+    for kw, code, text in (
+            ({"version": 7}, Code.NOT_FOUND, "version 7 of model 'colors' is not loaded"),
+            ({"version_label": "canary"}, Code.INVALID_ARGUMENT,
+             "Unrecognized servable version label: canary")):
         with pytest.raises(ServingError) as e:
             top1(**kw)
-        assert e.value.code == Code.NOT_FOUND and text in e.value.details
+        assert e.value.code == code and text in e.value.details
 
 
 def test_metadata_and_status(client):
     meta = client.metadata()
-    assert set(meta) == {"serving_default", "serving_images"}
+    assert set(meta) == {"classification", "serving_default", "serving_images"}
     assert meta["serving_images"]["inputs"] == {"images": ("DT_STRING", [-1])}
     assert meta["serving_images"]["outputs"]["probabilities"] == ("DT_FLOAT", [-1, 3])
     assert meta["serving_default"]["version"] == 2
@@ -199,14 +214,18 @@ def test_metadata_and_status(client):
         [(2, "AVAILABLE", 0), (1, "AVAILABLE", 0)]
 
 
-def test_classify_uses_the_class_vocabulary(client):
+def test_classify_uses_the_classification_signature(client):
     (classes,) = client.classify([png(BLUE)])
     assert [label for label, _ in classes] == list(CLASSES)
     probs = client.predict([png(BLUE)])[0].probabilities
     np.testing.assert_allclose([s for _, s in classes], probs, rtol=1e-6)
-    with pytest.raises(ServingError) as e:
-        client.classify([png(BLUE)], signature_name="serving_images")
-    assert e.value.code == Code.INVALID_ARGUMENT and "serialized tf.Examples" in e.value.details
+    # As TF Serving's classifier.cc: other signatures are refused, saying why.
+    for signature, text in (("serving_default", "Expected one or two output Tensors, found 3"),
+                            ("serving_images", "Expected one or two output Tensors, found 3"),
+                            ("nope", "No signature was found with the name: nope")):
+        with pytest.raises(ServingError) as e:
+            client.classify([png(BLUE)], signature_name=signature)
+        assert e.value.code == Code.INVALID_ARGUMENT and text in e.value.details
     with pytest.raises(ServingError) as e:
         client.classify([])
     assert e.value.code == Code.INVALID_ARGUMENT and "request has no input" in e.value.details
@@ -219,6 +238,7 @@ def test_classify_merges_the_context_into_each_example(server):
     request = classification_pb2.ClassificationRequest()
     request.model_spec.name = "colors"
     request.model_spec.version.value = 1
+    request.model_spec.signature_name = "classification"
     listed = request.input.example_list_with_context
     listed.context.CopyFrom(example_pb2.Example.FromString(sigs.image_example(png(GREEN))))
     listed.examples.add()  # no image of its own: takes the context's
@@ -290,7 +310,7 @@ def bad_requests():
         ("no model name", "", "serving_images", None, {"images": _tensor([ok])},
          Code.INVALID_ARGUMENT, "model_spec.name is empty"),
         ("unknown signature", "colors", "serving_nope", None, {"images": _tensor([ok])},
-         Code.NOT_FOUND, "signature 'serving_nope' not found"),
+         Code.FAILED_PRECONDITION, 'Serving signature key "serving_nope" not found'),
         ("unknown version", "colors", "serving_images", 99, {"images": _tensor([ok])},
          Code.NOT_FOUND, "version 99 of model 'colors' is not loaded"),
     ]
@@ -338,20 +358,20 @@ def test_burst_of_bad_requests_then_a_good_one(server):
 
 # ---------------------------------------------------------------------------
 def test_newly_pushed_version_is_served_without_restart(models, tmp_path):
+    import portpicker
+
     base = str(tmp_path / "colors")
-    srv = ModelServer(base, "colors", poll_interval_s=0.2).start()
+    port = portpicker.pick_unused_port()
+    srv = ModelServer(base, "colors", port=port, poll_interval_s=0.2).start()
     try:
-        with grpc.insecure_channel(srv.address) as channel:
-            health = health_pb2_grpc.HealthStub(channel)
-            assert health.Check(health_pb2.HealthCheckRequest(service="colors"),
-                                timeout=5).status == health_pb2.HealthCheckResponse.NOT_SERVING
-        # Nothing pushed yet: UNAVAILABLE, retried with back-off until the deadline.
+        # Nothing pushed yet: the port stays closed (as TF Serving's until its
+        # initial load), so a client meets UNAVAILABLE, retried until it gives up.
         fast = RetryPolicy(max_attempts=3, initial_backoff_s=0.05)
-        with ServingClient(srv.address, "colors", timeout_s=5, retry=fast) as c:
+        with ServingClient(f"127.0.0.1:{port}", "colors", timeout_s=5, retry=fast) as c:
             with pytest.raises(ServingError) as e:
                 c.predict([png(RED)])
             assert e.value.code == Code.UNAVAILABLE and e.value.attempts == 3
-            assert "no loaded version yet" in e.value.details
+            assert srv.address is None and not srv.wait_until_available(0.1)
 
             push(models[0], base, 1)
             assert c.wait_until_available(60) == 1
@@ -375,7 +395,7 @@ def test_newly_pushed_version_is_served_without_restart(models, tmp_path):
             wait_for(lambda: all(s["state"] == "END" for s in c.status()))
             with pytest.raises(ServingError) as e:
                 c.predict([png(RED)])
-            assert e.value.code == Code.UNAVAILABLE
+            assert e.value.code == Code.NOT_FOUND and "Servable not found" in e.value.details
             with grpc.insecure_channel(srv.address) as channel:
                 assert health_pb2_grpc.HealthStub(channel).Check(
                     health_pb2.HealthCheckRequest(service=""), timeout=5).status == \
@@ -532,18 +552,18 @@ def test_cli_predict(server, tmp_path, capsys):
     labels.write_text("\n".join(CLASSES) + "\n")
     args = ["predict", "--server", server.address, "--model", "colors", "--top-k", "2",
             "--version", "1", "--labels", str(labels), "--batch-size", "1", *files]
-    assert serving_cli.main(args + ["--json"]) == 0
+    assert cli.main(args + ["--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert [r["image"] for r in out] == files
     assert [[c["class_name"] for c in r["top_k"]][0] for r in out] == ["red", "green"]
     assert all(r["model_version"] == 1 and len(r["top_k"]) == 2 for r in out)
-    assert serving_cli.main(args + ["--signature", "serving_default"]) == 0
+    assert cli.main(args + ["--signature", "serving_default"]) == 0
     text = capsys.readouterr().out
     assert f"{files[0]} (version 1)" in text and "red" in text
-    assert serving_cli.main(["predict", "--server", server.address, "--model", "nope",
+    assert cli.main(["predict", "--server", server.address, "--model", "nope",
                              files[0]]) == 1
     assert "NOT_FOUND: model 'nope' is not served here" in capsys.readouterr().err
-    assert serving_cli.main(["predict", "--server", server.address, "--model", "colors",
+    assert cli.main(["predict", "--server", server.address, "--model", "colors",
                              str(tmp_path / "missing.jpg")]) == 2
 
 

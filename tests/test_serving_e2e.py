@@ -31,7 +31,7 @@ def served(tiny_run):
     assert pushed, "the tiny run pushed no model"
     base = os.path.join(config.deploy.resolved_serving_dir, config.deploy.model_name)
     srv = ModelServer(base, config.deploy.model_name, max_batch_size=MAX_BATCH,
-                      max_payload_bytes=MAX_PAYLOAD).start()
+                      max_payload_bytes=MAX_PAYLOAD, rest_api_port=0).start()
     assert srv.wait_until_available(300)
     yield srv, pushed, config.deploy.model_name
     srv.stop()
@@ -137,7 +137,7 @@ def test_burst_of_bad_requests_leaves_the_server_serving(served):
         (_request("other", "serving_images", {"images": (s, [jpeg])}),
          grpc.StatusCode.NOT_FOUND, "model 'other' is not served here"),
         (_request(name, "predict", {"images": (s, [jpeg])}),
-         grpc.StatusCode.NOT_FOUND, "signature 'predict' not found"),
+         grpc.StatusCode.FAILED_PRECONDITION, 'Serving signature key "predict" not found'),
         (_request(name, "serving_images", {"images": (s, [jpeg])}, version=1),
          grpc.StatusCode.NOT_FOUND, "version 1 of model"),
     ]
@@ -152,3 +152,55 @@ def test_burst_of_bad_requests_leaves_the_server_serving(served):
                             timeout=60)
     probs = tf.make_ndarray(good.outputs["probabilities"])
     assert probs.shape[0] == 2 and np.allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+
+
+def test_pushed_model_carries_a_warmup_file_every_signature_can_run(served, in_process):
+    """TF Serving replays assets.extra/tf_serving_warmup_requests at load
+    (servables/tensorflow/saved_model_warmup.cc) and fails the load when a record
+    fails, so every record must run on the pushed model itself."""
+    from modules.warmup import WARMUP_BATCH_SIZES
+    from serving import warmup
+
+    _, pushed, _ = served
+    logs = warmup.read(pushed)
+    by_signature = {}
+    for log in logs:
+        assert log.WhichOneof("log_type") == "predict_log"
+        request = log.predict_log.request
+        by_signature.setdefault(request.model_spec.signature_name, []).append(request)
+    assert set(by_signature) == {"classification", "serving_default", "serving_images",
+                                 "transform_features", "embeddings"}
+    for signature, requests in by_signature.items():
+        assert [len(next(iter(r.inputs.values())).string_val) for r in requests] == \
+            list(WARMUP_BATCH_SIZES)
+        fn = in_process.signatures[signature]
+        for request in requests:
+            (key, proto), = request.inputs.items()
+            out = fn(**{key: tf.constant(list(proto.string_val))})
+            assert all(v.shape[0] == len(proto.string_val) for v in out.values())
+    jpeg = by_signature["serving_images"][0].inputs["images"].string_val[0]
+    assert jpeg.startswith(b"\xff\xd8\xff")
+
+
+def test_rest_api_predicts_cifar_names(served, in_process):
+    """What `curl -d '{"instances": [{"b64": ...}]}' .../v1/models/NAME:predict` gets."""
+    import base64
+    import json
+    import urllib.request
+
+    srv, pushed, name = served
+    images = jpegs()
+    body = {"signature_name": "serving_images",
+            "instances": [{"b64": base64.b64encode(i).decode()} for i in images]}
+    request = urllib.request.Request(f"http://{srv.rest_address}/v1/models/{name}:predict",
+                                     data=json.dumps(body).encode(), method="POST")
+    with urllib.request.urlopen(request, timeout=120) as response:
+        predictions = json.loads(response.read())["predictions"]
+    local = in_process.signatures["serving_images"](images=tf.constant(images))
+    assert [p["class_names"] for p in predictions] == \
+        [n.decode() for n in local["class_names"].numpy()]
+    np.testing.assert_allclose([p["probabilities"] for p in predictions],
+                               local["probabilities"].numpy(), rtol=1e-5, atol=1e-6)
+    cifar = {"airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
+             "truck"}
+    assert set(predictions[0]["classes"]) == cifar

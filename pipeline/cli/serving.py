@@ -27,12 +27,19 @@ def cmd_predict(args) -> int:
 
     try:
         labels = read_labels(args.labels) if args.labels else None
-        client = ServingClient(
-            args.server, args.model, signature_name=args.signature, version=args.version,
-            version_label=args.version_label, timeout_s=args.timeout, tls=args.tls,
-            root_certificates=_read(args.root_certs), private_key=_read(args.client_key),
-            certificate_chain=_read(args.client_cert), server_name=args.server_name,
-            labels=labels)
+        if args.rest:
+            from serving.rest_client import RestClient
+
+            client = RestClient(args.rest, args.model, signature_name=args.signature,
+                                version=args.version, version_label=args.version_label,
+                                timeout_s=args.timeout, labels=labels)
+        else:
+            client = ServingClient(
+                args.server, args.model, signature_name=args.signature, version=args.version,
+                version_label=args.version_label, timeout_s=args.timeout, tls=args.tls,
+                root_certificates=_read(args.root_certs), private_key=_read(args.client_key),
+                certificate_chain=_read(args.client_cert), server_name=args.server_name,
+                labels=labels)
         with client:
             predictions = client.predict(args.images, top_k=args.top_k, batch_size=args.batch_size)
     except ServingError as e:
@@ -47,7 +54,8 @@ def cmd_predict(args) -> int:
                           for p in predictions], indent=1))
         return 0
     for p in predictions:
-        print(f"{p.source} (version {p.model_version})")
+        print(f"{p.source}" + (f" (version {p.model_version})"
+                               if p.model_version is not None else ""))
         for c in p.top_k:
             name = c.class_name if c.class_name is not None else f"class {c.class_id}"
             print(f"  {c.probability:8.4f}  {name}")
@@ -80,7 +88,7 @@ def cmd_serve(args) -> int:
             version_labels=labels, poll_interval_s=args.poll_interval,
             max_workers=args.max_workers, max_concurrent_requests=args.max_concurrent_requests,
             tls_cert=_read(args.tls_cert), tls_key=_read(args.tls_key),
-            tls_client_ca=_read(args.tls_client_ca))
+            tls_client_ca=_read(args.tls_client_ca), rest_api_port=args.rest_api_port)
     except (OSError, ValueError, RuntimeError, argparse.ArgumentTypeError) as e:
         print(f"tfx-transfer serve: error: {e}", file=sys.stderr)
         return 2
@@ -88,9 +96,20 @@ def cmd_serve(args) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda signum, frame: stop.set())
     server.start()
-    # One parseable line: with --port 0 it is how a caller learns the port.
-    print(f"listening on {server.address}", flush=True)
-    stop.wait()
+    # Like TF Serving, the ports open once the first version is AVAILABLE.
+    try:
+        while not stop.is_set() and not server.wait_until_available(0.5):
+            pass
+    except OSError as e:
+        print(f"tfx-transfer serve: error: {e}", file=sys.stderr)
+        server.stop(grace=0)
+        return 2
+    if not stop.is_set():
+        # One parseable line: with --port 0 it is how a caller learns the port.
+        print(f"listening on {server.address}", flush=True)
+        if server.rest_address:
+            print(f"REST API on http://{server.rest_address}", flush=True)
+        stop.wait()
     log.info("shutting down (grace %.0fs)", args.grace_period)
     server.stop(grace=args.grace_period)
     log.info("stopped")
@@ -101,7 +120,10 @@ def register(subparsers) -> None:
     p = subparsers.add_parser(
         "predict", help="classify images with a served model over gRPC (TF Serving API)")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (JPEG, PNG, GIF, BMP)")
-    p.add_argument("--server", required=True, help="HOST:PORT of TF Serving or `tfx-transfer serve`")
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--server", help="HOST:PORT of TF Serving or `tfx-transfer serve` (gRPC)")
+    where.add_argument("--rest", metavar="URL",
+                       help="http://HOST:PORT of their REST API (TF Serving's --rest_api_port)")
     p.add_argument("--model", required=True, help="model name")
     p.add_argument("--signature", default=SERVING_IMAGES,
                    help="serving_images (encoded images) or serving_default (tf.Examples)")
@@ -129,6 +151,9 @@ def register(subparsers) -> None:
                    help="folder of <version>/ SavedModels (the Pusher's <serving_dir>/<model>)")
     p.add_argument("--model-name", required=True)
     p.add_argument("--port", type=int, default=8500, help="0: any free port")
+    p.add_argument("--rest-api-port", type=int, metavar="PORT",
+                   help="also serve TF Serving's REST API on this port (0: any free port); "
+                        "TF Serving's default is 8501")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--max-batch-size", type=int, default=64)
     p.add_argument("--max-payload-bytes", type=int, default=16 << 20)
