@@ -67,6 +67,8 @@ class RunConfig:
 
     # --- evaluation / blessing -------------------------------------------
     min_accuracy: float = 0.0  # value threshold for blessing
+    # Bless only above always predicting the most frequent class (pipeline/blessing.py).
+    bless_over_majority: bool = True
     max_accuracy_drop: float = 0.01  # change threshold against the last blessed model
     # Resolve the last blessed model as the Evaluator's baseline. Kubeflow
     # Pipelines' open-source backend cannot run Resolver nodes.
@@ -121,7 +123,8 @@ class RunConfig:
         strs = ("data", "backbone", "weights", "mode", "pooling", "optimizer", "output",
                 "pipeline_name", "model_name", "runner", "data_layout", "image", "namespace",
                 "tfjob_service_account")
-        bools = ("cosine_decay", "cache_features", "projector", "enable_cache", "baseline")
+        bools = ("cosine_decay", "cache_features", "projector", "enable_cache", "baseline",
+                 "bless_over_majority")
         for f in ints:
             check_type(f, (int,))
         for f in floats:
@@ -238,7 +241,11 @@ class RunConfig:
             except OSError as e:
                 raise ConfigError(f"cannot read config file {path}: {e}") from e
             except yaml.YAMLError as e:
-                raise ConfigError(f"config file {path} is not valid YAML: {e}") from e
+                # PyYAML's message spans four lines; where and what fit in one.
+                mark = getattr(e, "problem_mark", None)
+                where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+                problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+                raise ConfigError(f"config file {path} is not valid YAML{where}: {problem}") from e
             if not isinstance(loaded, dict):
                 raise ConfigError(f"config file {path} must hold a mapping, got {type(loaded).__name__}")
             values.update(loaded)

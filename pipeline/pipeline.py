@@ -13,6 +13,7 @@ from tfx import v1 as tfx
 from tfx.proto import example_gen_pb2
 
 from components.image_example_gen import ImageExampleGen, hash_split_config
+from pipeline import blessing
 from pipeline.config import RunConfig
 
 TRANSFORM_FN = "modules.transform.preprocessing_fn"
@@ -68,7 +69,8 @@ def eval_config(config: RunConfig, num_classes: Optional[int]) -> tfma.EvalConfi
         tfma.MetricConfig(
             class_name="SparseCategoricalAccuracy",
             threshold=tfma.MetricThreshold(
-                value_threshold=tfma.GenericValueThreshold(lower_bound={"value": config.min_accuracy}),
+                value_threshold=tfma.GenericValueThreshold(
+                    lower_bound={"value": blessing.threshold(config)["threshold"]}),
                 # A new model may be at most max_accuracy_drop worse than the
                 # last blessed one; the first run has no baseline and passes.
                 change_threshold=tfma.GenericChangeThreshold(
