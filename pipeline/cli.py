@@ -17,55 +17,21 @@ from modules import keras_compat  # noqa: F401
 
 
 def _add_run_flags(p: argparse.ArgumentParser):
-    p.add_argument("--config", help="YAML run config; flags override its values")
-    p.add_argument("--data", help="image folder, TFRecord files, or tfds:NAME")
-    p.add_argument("--backbone")
-    p.add_argument("--mode", choices=["linear_probe", "fine_tune", "lp_ft"])
-    p.add_argument("--image-size", type=int, dest="image_size")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--fine-tune-epochs", type=int, dest="fine_tune_epochs")
-    p.add_argument("--batch-size", type=int, dest="batch_size")
-    p.add_argument("--weights", help="imagenet | none | PATH to a weights file")
-    p.add_argument("--output", help="run directory (pipeline root, MLMD, summary.json)")
-    p.add_argument("--serving-dir", dest="serving_dir")
-    p.add_argument("--runner", choices=["local", "beam"])
-    p.add_argument("--no-projector", dest="projector", action="store_false", default=None)
-    p.add_argument("--no-cache", dest="enable_cache", action="store_false", default=None)
+    from pipeline import run_command
+
+    run_command.add_flags(p)
 
 
 def _config_from(args):
-    from pipeline.config import RunConfig
+    from pipeline import run_command
 
-    overrides = {k: getattr(args, k, None) for k in (
-        "data", "backbone", "mode", "image_size", "epochs", "fine_tune_epochs", "batch_size",
-        "weights", "output", "serving_dir", "runner", "projector", "enable_cache")}
-    config = RunConfig.load(args.config, **overrides)
-    if not config.data:
-        from pipeline.config import ConfigError
-
-        raise ConfigError("config field 'data': no data given (--data DIR or data: in --config)")
-    return config
+    return run_command.config_from(args)
 
 
 def cmd_run(args) -> int:
-    from modules import backbones
-    from pipeline import data_sources, runners
+    from pipeline import run_command
 
-    config = _config_from(args)
-    config = data_sources.prepare(config)
-    # Fail before any component runs when ImageNet weights cannot be had.
-    from modules import transform
-
-    backbones.resolve_weights(config.backbone, transform.image_size(config.trainer_config()),
-                              config.weights)
-    summary = runners.run(config)
-    m = summary.get("metrics", {})
-    print(f"\n{config.backbone} {config.mode} @ {summary['image_size']}px: "
-          f"accuracy {m.get('accuracy')}, top-5 {m.get('top5_accuracy')}, "
-          f"blessed={summary['blessed']}, pushed to {summary['pushed_model_dir']}")
-    print("timings (s): " + ", ".join(f"{k} {v}" for k, v in summary["timings_s"].items()))
-    print(f"summary: {config.output}/summary.json")
-    return 0
+    return run_command.run(args)
 
 
 def cmd_backbones(args) -> int:
@@ -85,18 +51,33 @@ def cmd_backbones(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tfx-transfer", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("run", help="run the pipeline locally")
+    p = sub.add_parser("run", help="run the pipeline locally",
+                       description="Run the pipeline locally: progress here, full log in "
+                                   "<output>/logs/run.log, result at the end.")
     _add_run_flags(p)
+    from pipeline import run_command
+
+    run_command.add_output_flags(p)
     p.set_defaults(func=cmd_run)
     p = sub.add_parser("backbones", help="list the registered backbones")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=cmd_backbones)
     # Commands of the other parts of the project, present as they land.
     for name in ("pipeline.compare", "serving.cli", "pipeline.kubeflow"):
         if importlib.util.find_spec(name) is not None:
             importlib.import_module(name).register(sub)
     return parser
+
+
+def _version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("tfx-transfer")
+    except metadata.PackageNotFoundError:
+        return "unknown (not installed)"
 
 
 # Errors that mean bad input (data, config, weights): one line and exit 2, no
@@ -116,6 +97,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
+    except KeyboardInterrupt:
+        from pipeline import run_command
+
+        return run_command.interrupted()
     except Exception as e:  # noqa: BLE001 -- re-raised unless it is a user error
         if not isinstance(e, _user_errors()):
             raise
