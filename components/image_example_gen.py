@@ -27,6 +27,8 @@ from tfx.types import artifact_utils, standard_component_specs
 from tfx.utils import io_utils, proto_utils
 from google.protobuf import json_format, struct_pb2
 
+from components import file_kinds
+
 SKIPPED_FILE = "skipped_files.json"
 TRAIN_DIRS = ("train",)
 EVAL_DIRS = ("test", "eval")
@@ -88,8 +90,7 @@ def hash_split_config(eval_fraction: float, partition_feature: Optional[str] = "
 
 def list_images(input_base: str, split_pattern: str) -> List[str]:
     files = tf.io.gfile.glob(os.path.join(input_base, split_pattern))
-    # Hidden files (.DS_Store, editor droppings) are not images anyone put there.
-    files = [f for f in files if not os.path.basename(f).startswith(".") and not tf.io.gfile.isdir(f)]
+    files = [f for f in files if not file_kinds.is_not_image(f) and not tf.io.gfile.isdir(f)]
     # Class folders listed in order would be written class after class, and a
     # bounded shuffle buffer in the Trainer would then see one class at a
     # time. A hash order is random-looking yet the same on every run.

@@ -18,8 +18,10 @@ import os
 import sys
 from typing import Dict, List, Optional, Tuple
 
+from components import file_kinds
 from pipeline.config import ConfigError, RunConfig
 
+IGNORED_FILE = "ignored_files.json"  # <output>/: files left out as not images
 BACKBONE_LAYERS_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)),
                                     "backbone_weight_layers.json")
 # Same split folders as components/image_example_gen.py (not imported: it imports TF).
@@ -36,12 +38,25 @@ def _visible(folder: str) -> List[str]:
 
 
 def _class_folders(root: str) -> Dict[str, int]:
-    """class folder -> number of visible files in it."""
+    """class folder -> number of files in it that may be images."""
     out = {}
     for name in _visible(root):
         path = os.path.join(root, name)
         if os.path.isdir(path):
-            out[name] = sum(1 for f in _visible(path) if os.path.isfile(os.path.join(path, f)))
+            out[name] = sum(1 for f in os.listdir(path) if not file_kinds.is_not_image(f)
+                            and os.path.isfile(os.path.join(path, f)))
+    return out
+
+
+def ignored_files(data: str) -> List[str]:
+    """Files in the class folders that are not images by name (notes, CSVs, hidden files)."""
+    out = []
+    for root in (split_roots(data) or {}).values():
+        for name in _visible(root):
+            folder = os.path.join(root, name)
+            if os.path.isdir(folder):
+                out += [os.path.join(folder, f) for f in sorted(os.listdir(folder))
+                        if file_kinds.is_not_image(f)]
     return out
 
 

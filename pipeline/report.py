@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import os
+from collections import Counter
 from typing import Any, Dict, List, Optional
 
+from pipeline.preflight import IGNORED_FILE
 from pipeline.progress import LOG_DIR, RUN_LOG, seconds
 
 # Components in the order the pipeline runs them; anything else follows.
@@ -23,6 +25,19 @@ def params(n: Optional[int]) -> str:
         if n >= div:
             return f"{n / div:.2f} {suffix}"
     return str(n)
+
+
+def plain_reason(reason: str) -> str:
+    """A skip reason in a few words, without TensorFlow's op text."""
+    text = reason.lower()
+    for needles, phrase in ((("empty file",), "empty file"),
+                            (("unknown image file format", "not an image"), "not an image"),
+                            (("premature end", "truncat", "corrupt", "invalid jpeg"), "truncated JPEG"),
+                            (("unreadable", "permission"), "unreadable file"),
+                            (("no pixels",), "image with no pixels")):
+        if any(n in text for n in needles):
+            return phrase
+    return "cannot be decoded"
 
 
 def ordered_timings(timings: Dict[str, float]) -> List[tuple]:
@@ -61,8 +76,13 @@ def result_block(summary: Dict[str, Any], output: str) -> str:
     skipped = summary.get("skipped_files") or []
     if skipped:
         examples = (summary.get("artifacts", {}).get("ImageExampleGen", {}).get("examples") or [""])[0]
-        lines.append(f"  skipped {len(skipped)} files that are not usable images: "
-                     f"{os.path.join(examples, 'skipped_files.json')}")
+        reasons = Counter(plain_reason(s.get("reason", "")) for s in skipped)
+        lines.append(f"  skipped {len(skipped)} files ("
+                     + ", ".join(f"{n} {r}" for r, n in reasons.most_common())
+                     + f"): {os.path.join(examples, 'skipped_files.json')}")
+    if summary.get("ignored_files"):
+        lines.append(f"  ignored {summary['ignored_files']} files that are not images by name: "
+                     f"{os.path.join(output, IGNORED_FILE)}")
     timings = summary.get("timings_s") or {}
     if timings:
         lines.append("  time: " + ", ".join(f"{n} {seconds(s)}" for n, s in ordered_timings(timings))
@@ -78,3 +98,20 @@ def result_block(summary: Dict[str, Any], output: str) -> str:
         lines.append(f"  figures: {', '.join(figures)}")
     lines.append(f"  logs:    {os.path.join(output, LOG_DIR, RUN_LOG)}")
     return "\n".join(lines)
+
+
+def leaderboard_table(rows: List[Dict[str, Any]]) -> str:
+    """`compare`'s ranking for the terminal: percentages, 2.27 M parameters, – for none."""
+    head = ("backbone", "mode", "unfrozen", "size", "accuracy", "top-5", "macro F1",
+            "train", "params", "blessed")
+    table = [head]
+    for r in sorted(rows, key=lambda r: -(r.get("accuracy") or 0)):
+        table.append((
+            r["backbone"], r["mode"], str(r["unfreeze_groups"]) if r.get("unfreeze_groups") else "–",
+            f"{r['image_size']} px" if r.get("image_size") else "–",
+            pct(r.get("accuracy")), pct(r.get("top5_accuracy")), pct(r.get("macro_f1")),
+            seconds(r["train_s"]) if r.get("train_s") is not None else "–",
+            params(r.get("params")), "yes" if r.get("blessed") else "no"))
+    widths = [max(len(row[i]) for row in table) for i in range(len(head))]
+    return "\n".join("  ".join(c.ljust(w) if i < 2 else c.rjust(w)
+                               for i, (c, w) in enumerate(zip(row, widths))) for row in table)

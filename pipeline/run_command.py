@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 import sys
 import time
@@ -114,6 +115,10 @@ def run(args) -> int:
     if verbosity != progress.QUIET:
         print(f"tfx-transfer: {config.backbone} {config.mode} on {config.data} -> {config.output} "
               f"(full log: {config.output}/logs/{progress.RUN_LOG})", flush=True)
+    ignored = preflight.ignored_files(config.data)
+    if ignored:
+        with open(os.path.join(config.output, preflight.IGNORED_FILE), "w") as f:
+            json.dump(ignored, f, indent=1)
     start = time.time()
     with progress.run_view(config.output, verbosity,
                            totals=preflight.expected_examples(config.data, config.eval_fraction)):
@@ -123,7 +128,9 @@ def run(args) -> int:
         config = data_sources.prepare(config)
         backbones.resolve_weights(config.backbone, transform.image_size(config.trainer_config()),
                                   config.weights)
-        summary = runners.run(config)
+        with progress.component_hooks():
+            summary = runners.run(config)
+    summary["ignored_files"] = len(ignored)
     if verbosity != progress.QUIET:
         print(f"finished in {progress.seconds(time.time() - start)}\n")
     print(report.result_block(summary, config.output))
@@ -133,4 +140,8 @@ def run(args) -> int:
 def interrupted() -> int:
     print("\ntfx-transfer: interrupted. Run the same command again to resume: finished components "
           "are reused from the cache (unless --no-cache).", file=sys.stderr)
-    return INTERRUPTED
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # Beam and TensorFlow worker threads would keep the process alive (and
+    # print their own tracebacks) while they wind down; the cache is in MLMD.
+    os._exit(INTERRUPTED)
