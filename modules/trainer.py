@@ -265,6 +265,7 @@ def cached_features(images: tf.data.Dataset, feature_model: keras.Model, path: s
     extract = tf.function(lambda x: feature_model(x, training=False))
     ds = images.map(lambda x, y: (extract(x), y)).cache(path)
     start, n = time.time(), 0
+    progress_events.emit(f"features {phase}", 0)
     for _, y in ds:  # one full pass writes the cache; later epochs read it
         n += int(y.shape[0])
         progress_events.emit(f"features {phase}", n)

@@ -5,8 +5,9 @@ notes, C++ warnings) that matter only when something breaks. `run_view`
 sends file descriptors 1 and 2 -- so Python logging, warnings, print() and
 C++ output alike -- to <output>/logs/run.log, and the terminal gets one line
 per component plus live progress built from two sources: TFX's own
-"Component X is running/finished" log records, and the events components
-emit through modules/progress_events.py (feature extraction, epochs, export).
+component start/finish (component_hooks, around TFX's Launcher), and the
+events components emit through modules/progress_events.py (feature
+extraction, epochs, export).
 
 On a terminal the current work is one line redrawn in place (a tqdm meter
 with rate and ETA); piped, a plain line at most every LINE_EVERY_S.
@@ -27,13 +28,8 @@ LOG_DIR = "logs"
 RUN_LOG = "run.log"
 QUIET, NORMAL, VERBOSE = 0, 1, 2
 LINE_EVERY_S = 10.0  # piped: at most one progress line per task this often
-HEARTBEAT_S = 30.0  # piped: a "still running" line after this long without one
-
-# The messages LocalDagRunner / BeamDagRunner and the launcher log (tfx 1.16).
-_RUNNING = ("Component %s is running.", "node %s is running.")
-_FINISHED = ("Component %s is finished.", "node %s is finished.")
-_CACHED = "A cached execution %d is used."
-
+HEARTBEAT_S = 30.0
+NAME_WIDTH = 31  # fits latest_blessed_model_resolver  # piped: a "still running" line after this long without one
 
 def seconds(s: float) -> str:
     return f"{s:.1f} s" if s < 60 else f"{int(s // 60)} min {int(s % 60):02d} s"
@@ -69,14 +65,15 @@ class ProgressView(logging.Handler):
         try:
             with self.lock:
                 info = getattr(record, "progress", None)
-                if info is not None:
+                if info is None:
+                    return
+                if "component" not in info:
                     self._progress(info)
-                elif record.msg in _RUNNING and record.args:
-                    self._start(str(record.args[0]))
-                elif record.msg == _CACHED:
-                    self.cached = True
-                elif record.msg in _FINISHED and record.args:
-                    self._finish(str(record.args[0]))
+                elif info["event"] == "start":
+                    self._start(info["component"])
+                else:
+                    self.cached = info.get("cached", False)
+                    self._finish(info["component"])
         except Exception:  # noqa: BLE001 -- a display bug must not fail the run
             self.handleError(record)
 
@@ -87,23 +84,25 @@ class ProgressView(logging.Handler):
 
     def _finish(self, node: str) -> None:
         took = self.clock() - self.node_t0 if self.node == node else 0.0
-        self._print(f"  {node:<22}{'cached' if self.cached else 'done':<8}{seconds(took):>10}")
+        self._print(f"  {node:<{NAME_WIDTH}}{'cached' if self.cached else 'done':<8}{seconds(took):>10}")
         self.node, self.task = None, None
 
     def _progress(self, info: dict) -> None:
         now = self.clock()
-        if self.task is None or self.task["task"] != info["task"]:
+        new = self.task is None or self.task["task"] != info["task"]
+        if new:
             self.task = {"task": info["task"], "t0": now}
         self.task.update(info)
         if self.task.get("total") is None and info["task"].startswith("features "):
             self.task["total"] = self.totals.get(info["task"].split()[-1])
         if info.get("epoch_end"):
             self._print(f"    {info['task']:<22}{_metrics(info):<58}{seconds(now - self.task['t0']):>8}")
-        elif info["done"] == 0 or self.live or now - self.last_line >= LINE_EVERY_S:
-            if self.live:
-                self._status()
-            else:
-                self._print(f"    {self._meter(now, ascii_only=True)}")
+        elif self.live:
+            self._status()
+        elif new and info["done"] == 0:  # a task that announces its start (export, features)
+            self._print(f"    {info['task']}")
+        elif not new and now - self.last_line >= LINE_EVERY_S:
+            self._print(f"    {self._meter(now, ascii_only=True)}")
 
     # -- output --------------------------------------------------------
     def _meter(self, now: float, ascii_only: bool = False, width: int = 100) -> str:
@@ -117,7 +116,7 @@ class ProgressView(logging.Handler):
         if total is not None and t["done"] > total:
             total = None  # a split estimate (hash layout) ran short: show the count only
         if ascii_only:
-            rate = t["done"] / max(elapsed, 1e-9)
+            rate = t["done"] / max(elapsed, 1e-3)
             eta = f", ETA {seconds((total - t['done']) / rate)}" if total else ""
             return f"{t['task']}: {t['done']}{'/' + str(total) if total else ''} {t['unit']}, " \
                    f"{rate:.1f} {t['unit']}/s{eta}"
@@ -129,7 +128,7 @@ class ProgressView(logging.Handler):
             return
         now = self.clock()
         width = self._width()
-        head = f"  {self.node:<22}"
+        head = f"  {self.node:<{NAME_WIDTH}}"
         if self.task:
             line = head + self._meter(now, width=max(40, width - len(head) - 1))
         else:
@@ -160,7 +159,7 @@ class ProgressView(logging.Handler):
                 self._status()
             elif self.node and self.clock() - self.last_line >= HEARTBEAT_S:
                 what = f": {self.task['task']}" if self.task else ""
-                self._print(f"  {self.node:<22}running {seconds(self.clock() - self.node_t0)}{what}")
+                self._print(f"  {self.node:<{NAME_WIDTH}}running {seconds(self.clock() - self.node_t0)}{what}")
 
     def clear(self) -> None:
         with self.lock:
@@ -168,6 +167,42 @@ class ProgressView(logging.Handler):
                 self.out.write("\r\x1b[K")
                 self.out.flush()
                 self.status_on = False
+
+
+@contextlib.contextmanager
+def component_hooks():
+    """Reports each component's start and finish (and whether the cache served it).
+
+    TFX logs "Component X is running/finished" through absl, but after the
+    Transform runs absl's INFO records no longer arrive (1.16), so the view
+    wraps the Launcher that LocalDagRunner and BeamDagRunner both use."""
+    from tfx.orchestration.portable import launcher
+
+    from modules import progress_events
+
+    launch, prepare = launcher.Launcher.launch, launcher.Launcher._prepare_execution
+
+    def node(self):
+        return self._pipeline_node.node_info.id
+
+    def hooked_prepare(self, *args, **kwargs):
+        result = prepare(self, *args, **kwargs)
+        self._tfx_transfer_cached = result.execution_info is not None and \
+            not result.is_execution_needed
+        return result
+
+    def hooked_launch(self, *args, **kwargs):
+        progress_events.emit(node(self), 0, component=node(self), event="start")
+        result = launch(self, *args, **kwargs)
+        progress_events.emit(node(self), 0, component=node(self), event="finish",
+                             cached=getattr(self, "_tfx_transfer_cached", False))
+        return result
+
+    launcher.Launcher.launch, launcher.Launcher._prepare_execution = hooked_launch, hooked_prepare
+    try:
+        yield
+    finally:
+        launcher.Launcher.launch, launcher.Launcher._prepare_execution = launch, prepare
 
 
 @contextlib.contextmanager
@@ -206,12 +241,10 @@ def run_view(output: str, verbosity: int = NORMAL, totals: Optional[Dict[str, in
     stop = threading.Event()
     if verbosity != QUIET:
         view = ProgressView(term, live=term.isatty() and verbosity == NORMAL, totals=totals)
-        for name in ("", PROGRESS_LOGGER):
-            logger = logging.getLogger(name)
-            logger.addHandler(view)
-            if logger.level == logging.NOTSET or logger.level > logging.INFO:
-                logger.setLevel(logging.INFO)
-            handlers.append(logger)
+        logger = logging.getLogger(PROGRESS_LOGGER)
+        logger.addHandler(view)
+        logger.setLevel(logging.INFO)
+        handlers.append(logger)
 
         def ticker():
             while not stop.wait(1.0):
