@@ -145,12 +145,18 @@ def cmd_compare(args) -> int:
     from pipeline import data_sources
     from pipeline.cli import _config_from
 
-    base = data_sources.prepare(_config_from(args))
+    from pipeline import preflight
+
+    base = _config_from(args)
+    preflight.check_run(base)
+    base = data_sources.prepare(base)
     unfreeze = [int(v) for v in _split(args.unfreeze)]
     sizes = [int(v) for v in _split(args.image_sizes)]
     rows = compare(base, _split(args.backbones), _split(args.modes), unfreeze, sizes)
     paths = write_leaderboard(rows, base.output)
-    print(open(paths["md"]).read())
+    from pipeline.report import leaderboard_table
+
+    print(leaderboard_table(rows))
     print("leaderboard: " + ", ".join(paths.values()))
     return 0
 

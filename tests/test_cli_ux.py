@@ -172,14 +172,18 @@ def _record(msg, *args, progress=None):
     return r
 
 
+def _component(view, name, event, cached=False):
+    view.emit(_record("x", progress=dict(task=name, done=0, component=name, event=event,
+                                         cached=cached)))
+
+
 def _feed(view, clock):
-    view.emit(_record("Component %s is running.", "ImageExampleGen"))
+    _component(view, "ImageExampleGen", "start")
     clock.t = 3.0
-    view.emit(_record("Component %s is finished.", "ImageExampleGen"))
-    view.emit(_record("Component %s is running.", "Transform"))
-    view.emit(_record("A cached execution %d is used.", 7))
-    view.emit(_record("Component %s is finished.", "Transform"))
-    view.emit(_record("Component %s is running.", "Trainer"))
+    _component(view, "ImageExampleGen", "finish")
+    _component(view, "Transform", "start")
+    _component(view, "Transform", "finish", cached=True)
+    _component(view, "Trainer", "start")
     for i in range(1, 301):  # features of 300 images, one per 0.1 s
         clock.t += 0.1
         view.emit(_record("x", progress=dict(task="features train", done=i, total=None, unit="img")))
@@ -191,7 +195,7 @@ def _feed(view, clock):
         view.emit(_record("x", progress=dict(task=f"probe epoch {epoch}/2", done=8, total=8,
                                              unit="batch", epoch_end=True, loss=1.5,
                                              accuracy=0.4, val_accuracy=0.35)))
-    view.emit(_record("Component %s is finished.", "Trainer"))
+    _component(view, "Trainer", "finish")
 
 
 def test_progress_view_off_a_terminal_prints_few_plain_lines():
@@ -231,12 +235,11 @@ from modules import progress_events
 with progress.run_view(sys.argv[1], progress.NORMAL, totals={"train": 40}):
     os.write(2, b"C++ noise on fd 2\\n")
     print("print() noise")
-    absl = logging.getLogger("absl")
-    absl.info("Component %s is running.", "Trainer")
+    progress_events.emit("Trainer", 0, component="Trainer", event="start")
     for i in range(1, 41):
         progress_events.emit("features train", i)
-    absl.info("protobuf dump line")
-    absl.info("Component %s is finished.", "Trainer")
+    logging.getLogger("absl").info("protobuf dump line")
+    progress_events.emit("Trainer", 0, component="Trainer", event="finish")
 print("result line")
 """
 
@@ -373,3 +376,43 @@ def test_piped_run_prints_few_lines_and_logs_everything(tmp_path):
     assert any(l.strip().startswith("accuracy ") and "%" in l for l in lines)
     log = open(out / "logs" / "run.log").read().splitlines()
     assert len(log) > 10 * len(lines)  # TFX's own output is kept, just not shown
+
+
+def test_files_that_are_not_images_are_ignored_by_name_and_listed(tmp_path):
+    from components import image_example_gen
+    from pipeline import preflight
+    from pipeline.report import plain_reason
+
+    for cls in ("cat", "dog"):
+        (tmp_path / cls).mkdir()
+        (tmp_path / cls / "1.jpg").write_bytes(b"x")
+    for name in ("notes.txt", "README.md", "labels.csv", "meta.json", ".DS_Store"):
+        (tmp_path / "cat" / name).write_text("x")
+    (tmp_path / "notes").mkdir()  # a class folder holding notes only is not a class
+    (tmp_path / "notes" / "todo.txt").write_text("x")
+    assert preflight.class_counts(str(tmp_path)) == {"all": {"cat": 1, "dog": 1, "notes": 0}}
+    assert sorted(os.path.basename(p) for p in preflight.ignored_files(str(tmp_path))) == [
+        ".DS_Store", "README.md", "labels.csv", "meta.json", "notes.txt", "todo.txt"]
+    listed = image_example_gen.list_images(str(tmp_path), "*/*")
+    assert sorted(os.path.relpath(p, tmp_path) for p in listed) == ["cat/1.jpg", "dog/1.jpg"]
+    assert plain_reason("empty file") == "empty file"
+    assert plain_reason("not a decodable image: Unknown image file format. One of JPEG, PNG, "
+                        "GIF, BMP required. [Op:DecodeImage]") == "not an image"
+    assert plain_reason("not a decodable image: jpeg::Uncompress failed. Invalid JPEG data or "
+                        "crop window.") == "truncated JPEG"
+
+
+def test_compare_table_reads_like_the_result_block():
+    from pipeline.report import leaderboard_table
+
+    rows = [{"backbone": "MobileNetV2", "mode": "linear_probe", "unfreeze_groups": 0,
+             "image_size": 96, "accuracy": 0.7123, "top5_accuracy": 0.97, "macro_f1": 0.7,
+             "train_s": 75.0, "params": 2270794, "blessed": True},
+            {"backbone": "MobileNet", "mode": "lp_ft", "unfreeze_groups": 2, "image_size": None,
+             "accuracy": 0.8, "top5_accuracy": None, "macro_f1": None, "train_s": None,
+             "params": 3239114, "blessed": False}]
+    lines = leaderboard_table(rows).splitlines()
+    assert lines[1].split()[:3] == ["MobileNet", "lp_ft", "2"]  # best first
+    assert "80.00 %" in lines[1] and "3.24 M" in lines[1]
+    assert "–" in lines[2].split()[2] and "71.23 %" in lines[2] and "2.27 M" in lines[2]
+    assert "1 min 15 s" in lines[2]
