@@ -3,8 +3,9 @@
 For each mistake of issue #13: seconds until the CLI rejects it, its exit
 code, and how many lines it printed. With --full-run DATA: lines printed by
 a whole run piped (stdout and stderr together) and its wall time.
-"before" is a git commit (default: the commit before this work), exported to
-a temporary folder and run with the same interpreter.
+"before" and "after" are git commits (default: the commit before this work,
+and HEAD), each exported to a temporary folder and run with the same
+interpreter.
 
     python benchmarks/cli_ux.py [--baseline COMMIT] [--full-run /tmp/data300]
 """
@@ -85,24 +86,30 @@ def run_cli(tree: str, flags, timeout: float):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--baseline", default="fbdbca3", help="commit measured as 'before'")
+    ap.add_argument("--after", default="HEAD", help="commit measured as 'after'")
     ap.add_argument("--timeout", type=float, default=600, help="seconds per command")
     ap.add_argument("--full-run", metavar="DATA", help="also time a whole run on DATA, both sides")
     ap.add_argument("--out", default=os.path.join(REPO, "benchmarks", "results", "cli_ux.json"))
     args = ap.parse_args()
 
     work = tempfile.mkdtemp(prefix="cli_ux_")
-    before = os.path.join(work, "before")
-    os.makedirs(before)
-    subprocess.run(f"git -C {REPO} archive {args.baseline} | tar -x -C {before}", shell=True,
-                   check=True)
-    results = {"baseline": args.baseline, "mistakes": [], "full_run": None}
+    trees = {}
+    for side, commit in (("before", args.baseline), ("after", args.after)):
+        trees[side] = os.path.join(work, side)
+        os.makedirs(trees[side])
+        subprocess.run(f"git -C {REPO} archive {commit} | tar -x -C {trees[side]}", shell=True,
+                       check=True)
+    before, after = trees["before"], trees["after"]
+    results = {"baseline": args.baseline, "after": subprocess.run(
+        ["git", "-C", REPO, "rev-parse", "--short", args.after], capture_output=True,
+        text=True).stdout.strip(), "mistakes": [], "full_run": None}
     print(f"{'mistake':32} {'before s':>9} {'lines':>6} {'rc':>4}   {'after s':>8} {'lines':>6} {'rc':>4}")
     for side_tmp in ("b", "a"):
         os.makedirs(os.path.join(work, side_tmp))
     cases_b, cases_a = mistakes(os.path.join(work, "b")), mistakes(os.path.join(work, "a"))
     for (name, flags_b), (_, flags_a) in zip(cases_b, cases_a):
         b = run_cli(before, flags_b, args.timeout)
-        a = run_cli(REPO, flags_a, args.timeout)
+        a = run_cli(after, flags_a, args.timeout)
         a["wrote_output"] = os.path.exists(os.path.join(work, "a", "out"))
         results["mistakes"].append({"mistake": name, "before": b, "after": a})
         print(f"{name:32} {b['seconds']:>9.2f} {b['lines']:>6} {b['rc']!s:>4}   "
@@ -114,7 +121,7 @@ def main():
                  "--epochs", "5", "--batch-size", "32",
                  "--weights", w if os.path.exists(w) else "none"]
         full = {}
-        for side, tree in (("before", before), ("after", REPO)):
+        for side, tree in (("before", before), ("after", after)):
             full[side] = run_cli(tree, flags + ["--output", os.path.join(work, f"run_{side}")],
                                  args.timeout * 3)
             print(f"full run {side}: {full[side]['lines']} lines, {full[side]['seconds']} s, "
