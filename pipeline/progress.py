@@ -157,7 +157,10 @@ class ProgressView(logging.Handler):
         with self.lock:
             if self.live:
                 self._status()
-            elif self.node and self.clock() - self.last_line >= HEARTBEAT_S:
+            # Spaced out as a component runs on (30 s, 1 min, 2 min, ...): a slow
+            # export on a busy machine must not flood a log file.
+            elif self.node and self.clock() - self.last_line >= max(
+                    HEARTBEAT_S, (self.clock() - self.node_t0) / 2):
                 what = f": {self.task['task']}" if self.task else ""
                 self._print(f"  {self.node:<{NAME_WIDTH}}running {seconds(self.clock() - self.node_t0)}{what}")
 

@@ -418,3 +418,42 @@ def test_compare_table_reads_like_the_result_block():
     assert "80.00 %" in lines[1] and "3.24 M" in lines[1]
     assert "–" in lines[2].split()[2] and "71.23 %" in lines[2] and "2.27 M" in lines[2]
     assert "1 min 15 s" in lines[2]
+
+
+@pytest.mark.e2e
+def test_linear_probe_projector_embeds_once_and_draws_once(tiny_run):
+    """The projector reuses "after" as "before" for a linear probe; a rebuilt "before"
+    (the backbone the Trainer started from) would be the same numbers."""
+    import glob
+
+    import numpy as np
+    from PIL import Image
+
+    from components import embedding_projector as E
+
+    _, summary = tiny_run
+    proj = summary["projector"]
+    assert proj["before_equals_after"] is True and proj["after"] == proj["before"]
+    arts = summary["artifacts"]
+    model_uri, graph_uri = arts["Trainer"]["model"][0], arts["Transform"]["transform_graph"][0]
+    files = glob.glob(os.path.join(arts["ImageExampleGen"]["examples"][0], "Split-eval", "*"))
+    serialized, _ = E.read_sample(files, 20, 0)
+    _, _, images = E.parse_sample(serialized)
+    after, _ = E.embed_after(model_uri, serialized)
+    before, _ = E.embed_before(model_uri, graph_uri, images, 42)
+    assert np.allclose(before, after, rtol=1e-5, atol=1e-6 * float(np.abs(before).max()))
+    width, height = Image.open(proj["files"]["figure"]).size
+    assert height < width / 2  # one row of projections, not before and after
+
+
+def test_heartbeat_lines_thin_out_as_a_component_runs_on():
+    from pipeline.progress import ProgressView
+
+    out, clock = io.StringIO(), FakeClock()
+    view = ProgressView(out, live=False, clock=clock)
+    _component(view, "Trainer", "start")
+    for _ in range(600):  # ten silent minutes, ticked every second
+        clock.t += 1
+        view.tick()
+    beats = [l for l in out.getvalue().splitlines() if "running" in l]
+    assert 4 <= len(beats) <= 6 and beats[0].endswith("running 30.0 s")
