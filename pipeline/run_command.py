@@ -24,9 +24,12 @@ _DEFAULTS = {f.name: f.default for f in dataclasses.fields(RunConfig)
              if f.default is not dataclasses.MISSING}
 
 
+_DEFAULT_WORDS = {"data": "none, required", "image_size": "the backbone's own",
+                  "serving_dir": "<output>/serving"}
+
+
 def _d(field: str) -> str:
-    value = _DEFAULTS.get(field)
-    return "the backbone's own" if value is None else str(value)
+    return _DEFAULT_WORDS.get(field) or str(_DEFAULTS.get(field))
 
 
 # (flag, config field, type, help) of the flags that set a config field.
@@ -47,7 +50,7 @@ FIELD_FLAGS = (
     ("--min-accuracy", "min_accuracy", float, "lowest accuracy (0-1) a model needs to be blessed"),
     ("--weights", "weights", str, "imagenet | none | PATH to a Keras .h5 weights file"),
     ("--output", "output", str, "run folder: pipeline root, metadata, summary.json, logs/run.log"),
-    ("--serving-dir", "serving_dir", str, "where blessed models are pushed (default <output>/serving)"),
+    ("--serving-dir", "serving_dir", str, "where blessed models are pushed"),
 )
 
 
