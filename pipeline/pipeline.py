@@ -69,13 +69,17 @@ def eval_config(config: RunConfig, num_classes: Optional[int]) -> tfma.EvalConfi
         tfma.MetricConfig(
             class_name="SparseCategoricalAccuracy",
             threshold=tfma.MetricThreshold(
-                value_threshold=tfma.GenericValueThreshold(
-                    lower_bound={"value": blessing.threshold(config)["threshold"]}),
                 # A new model may be at most max_accuracy_drop worse than the
                 # last blessed one; the first run has no baseline and passes.
                 change_threshold=tfma.GenericChangeThreshold(
                     direction=tfma.MetricDirection.HIGHER_IS_BETTER,
-                    absolute={"value": -config.max_accuracy_drop}))),
+                    absolute={"value": -config.max_accuracy_drop})),
+            # The accuracy bar is for the whole eval set: on a per-class slice
+            # any weak class would fall under the majority-class bar.
+            per_slice_thresholds=[tfma.PerSliceMetricThreshold(
+                slicing_specs=[tfma.SlicingSpec()],
+                threshold=tfma.MetricThreshold(value_threshold=tfma.GenericValueThreshold(
+                    lower_bound={"value": blessing.threshold(config)["threshold"]})))]),
         tfma.MetricConfig(class_name="MultiClassConfusionMatrixPlot"),
         tfma.MetricConfig(class_name="ExampleCount"),
     ]

@@ -457,3 +457,23 @@ def test_heartbeat_lines_thin_out_as_a_component_runs_on():
         view.tick()
     beats = [l for l in out.getvalue().splitlines() if "running" in l]
     assert 4 <= len(beats) <= 6 and beats[0].endswith("running 30.0 s")
+
+
+def test_majority_bar_applies_to_the_whole_eval_set_not_each_class(tmp_path):
+    """A 23 % model with one class at 0 % is blessed on a 10-class balanced set; 5 % is not."""
+    from tensorflow_model_analysis.evaluators import metrics_validator
+    from tensorflow_model_analysis.metrics import metric_types
+
+    from pipeline.config import RunConfig
+    from pipeline.pipeline import eval_config
+
+    config = eval_config(RunConfig(data=SAMPLE), 10)
+    # First run: no baseline, so (as TFX's Evaluator does) no change threshold.
+    config.metrics_specs[0].metrics[0].ClearField("threshold")
+    key = metric_types.MetricKey(name="sparse_categorical_accuracy", example_weighted=False)
+
+    def ok(slice_key, accuracy):
+        return metrics_validator.validate_metrics((slice_key, {key: accuracy}), config).validation_ok
+
+    assert ok((), 0.23) and not ok((), 0.05) and not ok((), 0.10)  # a tie is not a win
+    assert ok((("label", b"cat"),), 0.0)
