@@ -372,7 +372,7 @@ def test_piped_run_prints_few_lines_and_logs_everything(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:]
     lines = proc.stdout.splitlines()
     assert len(lines) <= 80, proc.stdout
-    assert sum("probe epoch" in l for l in lines) == 3
+    assert sum("probe epoch" in l and "val_accuracy" in l for l in lines) == 3  # each epoch once
     for component in ("ImageExampleGen", "Transform", "Trainer", "Evaluator", "Pusher"):
         assert any(l.strip().startswith(component) for l in lines), component
     assert any(l.strip().startswith("accuracy ") and "%" in l for l in lines)
