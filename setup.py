@@ -9,6 +9,8 @@ setup(
     python_requires=">=3.10,<3.11",
     packages=find_packages(include=["pipeline", "pipeline.*", "components", "components.*",
                                     "modules", "modules.*", "serving", "serving.*"]),
+    # Layer counts the weights-file check compares against (pipeline/preflight.py).
+    package_data={"pipeline": ["backbone_weight_layers.json"]},
     # Versions live in constraints.txt (pip install -c constraints.txt ...).
     install_requires=[
         "tfx==1.16.0",
