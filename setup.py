@@ -28,6 +28,8 @@ setup(
         "grpcio-health-checking",
         "kubernetes",
         "tensorflow-datasets",  # tfds:NAME inputs
+        "h5py",  # weights-file check before TensorFlow loads (already pulled in by it)
+        "tqdm",  # progress meters (already pulled in by tfx's dependencies)
     ],
     extras_require={"test": ["pytest", "pytest-timeout", "kubernetes-validate"]},
     entry_points={"console_scripts": ["tfx-transfer=pipeline.cli:main"]},
