@@ -9,6 +9,8 @@ setup(
     python_requires=">=3.10,<3.11",
     packages=find_packages(include=["pipeline", "pipeline.*", "components", "components.*",
                                     "modules", "modules.*", "serving", "serving.*"]),
+    # Layer counts the weights-file check compares against (pipeline/preflight.py).
+    package_data={"pipeline": ["backbone_weight_layers.json"]},
     # Versions live in constraints.txt (pip install -c constraints.txt ...).
     install_requires=[
         "tfx==1.16.0",
@@ -26,6 +28,8 @@ setup(
         "grpcio-health-checking",
         "kubernetes",
         "tensorflow-datasets",  # tfds:NAME inputs
+        "h5py",  # weights-file check before TensorFlow loads (already pulled in by it)
+        "tqdm",  # progress meters (already pulled in by tfx's dependencies)
     ],
     extras_require={"test": ["pytest", "pytest-timeout", "kubernetes-validate"]},
     entry_points={"console_scripts": ["tfx-transfer=pipeline.cli:main"]},

@@ -131,6 +131,16 @@ def embed_after(model_uri: str, serialized: List[bytes]):
     return np.concatenate(embeddings), predicted
 
 
+def module_config(model_uri: str):
+    """The model and training config the Trainer used (written beside the model)."""
+    import tensorflow as tf
+
+    from modules.config import ModuleConfig
+
+    with tf.io.gfile.GFile(os.path.join(model_uri, contract.MODULE_CONFIG_FILE)) as f:
+        return ModuleConfig.from_custom_config(json.load(f))
+
+
 def embed_before(model_uri: str, transform_graph_uri: str, images: List[bytes], seed: int):
     """Embeddings of the backbone the Trainer started from, pooled its way,
     on the Transform's preprocessed images."""
@@ -141,10 +151,8 @@ def embed_before(model_uri: str, transform_graph_uri: str, images: List[bytes], 
     import tf_keras as keras
 
     from modules import backbones
-    from modules.config import ModuleConfig
 
-    with tf.io.gfile.GFile(os.path.join(model_uri, contract.MODULE_CONFIG_FILE)) as f:
-        mc = ModuleConfig.from_custom_config(json.load(f))
+    mc = module_config(model_uri)
     size = mc.model.image_size
     weights = backbones.resolve_weights(mc.model.backbone, size, mc.model.weights)
     # Without pretrained weights "before" is a random initialisation; seeding
@@ -259,7 +267,13 @@ class Executor(base_executor.BaseExecutor):
         after, predicted = embed_after(model_uri, serialized)
         lap("embed_after", start)
         start = time.perf_counter()
-        before, mc = embed_before(model_uri, graph_uri, images, seed)
+        mc = module_config(model_uri)
+        if mc.training.mode == "linear_probe" and not mc.model.hidden_units:
+            # The penultimate layer is the frozen backbone's pooled output: "before"
+            # is "after" (tests/test_cli_ux.py checks that a rebuilt one matches).
+            before = after
+        else:
+            before, mc = embed_before(model_uri, graph_uri, images, seed)
         lap("embed_before", start)
         thumbnails = P.thumbnail_bytes_to_array(images)
 

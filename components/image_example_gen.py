@@ -27,6 +27,7 @@ from tfx.types import artifact_utils, standard_component_specs
 from tfx.utils import io_utils, proto_utils
 from google.protobuf import json_format, struct_pb2
 
+from components import file_kinds
 from modules import contract
 
 # Keys of exec_properties the executor adds for the Beam transform.
@@ -55,8 +56,7 @@ def hash_split_config(eval_fraction: float,
 
 def list_images(input_base: str, split_pattern: str) -> List[str]:
     files = tf.io.gfile.glob(os.path.join(input_base, split_pattern))
-    # Hidden files (.DS_Store, editor droppings) are not images anyone put there.
-    files = [f for f in files if not os.path.basename(f).startswith(".") and not tf.io.gfile.isdir(f)]
+    files = [f for f in files if not file_kinds.is_not_image(f) and not tf.io.gfile.isdir(f)]
     # Class folders listed in order would be written class after class, and a
     # bounded shuffle buffer in the Trainer would then see one class at a
     # time. A hash order is random-looking yet the same on every run.

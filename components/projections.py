@@ -233,9 +233,12 @@ def plot_panels(path: str, coords: Dict[str, Dict[str, np.ndarray]], labels: Seq
     colors = class_colors(class_names)
     point_size = float(np.clip(8000 / max(len(labels), 1), 3, 30))
     legend_in = 1.6 if len(class_names) <= 40 else 3.0
-    fig, axes = plt.subplots(len(STAGES), len(METHODS),
-                             figsize=(5 * len(METHODS) + legend_in, 9.5), squeeze=False)
-    for r, stage in enumerate(STAGES):
+    # Unchanged embeddings (linear probe) are drawn once, not as two equal rows.
+    stages = STAGES[:1] if metrics.get("before_equals_after") else STAGES
+    fig, axes = plt.subplots(len(stages), len(METHODS),
+                             figsize=(5 * len(METHODS) + legend_in, 0.5 + 4.5 * len(stages)),
+                             squeeze=False)
+    for r, stage in enumerate(stages):
         numbers = metrics.get(stage, {})
         for c, method in enumerate(METHODS):
             ax = axes[r][c]
@@ -246,7 +249,8 @@ def plot_panels(path: str, coords: Dict[str, Dict[str, np.ndarray]], labels: Seq
                     ax.scatter(xy[mask, 0], xy[mask, 1], s=point_size, color=colors[name],
                                alpha=0.75, linewidths=0, label=name)
             p = numbers.get("projections", {}).get(method, {})
-            ax.set_title(f"{METHOD_TITLES[method]} · {stage}\nsilhouette "
+            shown = "before = after" if len(stages) == 1 else stage
+            ax.set_title(f"{METHOD_TITLES[method]} · {shown}\nsilhouette "
                          f"{_fmt(p.get('silhouette'))} · trustworthiness "
                          f"{_fmt(p.get('trustworthiness'))}", fontsize=10)
             ax.set_xticks([])

@@ -253,6 +253,9 @@ def resolve_weights(name: str, image_size: Optional[int], weights: Optional[str]
             f"be downloaded ({type(e).__name__}).\n"
             f"  Keras wanted the file: {fname}\n"
             f"  from: {origin}\n"
-            f"  Put it at: {os.path.join(cache, fname)}\n"
+            f"  Put it at: {os.path.join(cache, fname)}"
+            + (f"\n  (or {candidates[1]} there: the same weights serve every input size)"
+               if len(candidates) > 1 else "") + "\n"
+            "  (`make offline-weights` copies ../shared/weights there.)\n"
             f"  or pass its path with --weights PATH, or train from scratch with --weights none."
         ) from None

@@ -23,8 +23,7 @@ import tensorflow as tf
 import tensorflow_transform as tft
 import tf_keras as keras
 
-from modules import backbones, contract
-from modules import warmup
+from modules import backbones, contract, progress_events, warmup
 from modules.config import ModelConfig, ModuleConfig, TrainingConfig
 
 log = logging.getLogger("tfx_transfer.trainer")
@@ -264,8 +263,10 @@ def cached_features(images: tf.data.Dataset, feature_model: keras.Model, path: s
     extract = tf.function(lambda x: feature_model(x, training=False))
     ds = images.map(lambda x, y: (extract(x), y)).cache(path)
     start, n = time.time(), 0
+    progress_events.emit(f"features {phase}", 0)
     for _, y in ds:  # one full pass writes the cache; later epochs read it
         n += int(y.shape[0])
+        progress_events.emit(f"features {phase}", n)
     seconds = time.time() - start
     log.info("%s: backbone features of %d examples in %.1fs (%.1f img/s), cached at %s",
              phase, n, seconds, n / max(seconds, 1e-9), path)
@@ -275,10 +276,23 @@ def cached_features(images: tf.data.Dataset, feature_model: keras.Model, path: s
 class _EpochLog(keras.callbacks.Callback):
     def __init__(self, phase):
         super().__init__()
-        self.phase, self.t0 = phase, time.time()
+        self.phase, self.t0, self.epoch, self.steps = phase, time.time(), 0, None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        # params["steps"] is None for a dataset of unknown length: then epoch 1 counts them.
+        self.seen = batch + 1
+        progress_events.emit(f"{self.phase} epoch {self.epoch + 1}/{self.params.get('epochs')}",
+                             batch + 1, self.params.get("steps") or self.steps, "batch")
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
+        self.steps = self.steps or self.params.get("steps") or getattr(self, "seen", None)
+        progress_events.emit(f"{self.phase} epoch {epoch + 1}/{self.params.get('epochs')}",
+                             self.steps or 0, self.steps, "batch", epoch_end=True,
+                             **{k: float(v) for k, v in logs.items() if isinstance(v, float)})
         log.info("%s epoch %d: %s (%.0fs)", self.phase, epoch + 1,
                  ", ".join(f"{k}={v:.4f}" for k, v in logs.items() if isinstance(v, float)),
                  time.time() - self.t0)
@@ -512,6 +526,7 @@ def run_fn(fn_args):
     if is_chief():
         out_dir = fn_args.serving_model_dir
         start = time.time()
+        progress_events.emit("exporting the model", 0)
         export(model, tf_transform_output, out_dir, class_names)
         report["export_s"] = round(time.time() - start, 1)
         model_root = os.path.dirname(fn_args.serving_model_dir.rstrip("/"))

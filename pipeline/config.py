@@ -18,8 +18,9 @@ import dataclasses
 import os
 from typing import Any, Dict, List, Literal, Mapping, Optional, Tuple
 
-from modules.config import (ConfigError, ModelConfig, ModuleConfig, Section, TrainingConfig,
-                            fail, unknown_fields_message, value)
+from modules.config import (AUGMENTATIONS, MODES, ConfigError, ModelConfig,  # noqa: F401
+                            ModuleConfig, Section, TrainingConfig, fail, unknown_fields_message,
+                            value)
 
 Runner = Literal["local", "beam"]
 # auto: look at the folder; folders: DIR/train + DIR/test; hash: one DIR/<class> folder.
@@ -49,6 +50,8 @@ class DataConfig(Section):
 @dataclasses.dataclass
 class EvaluationConfig(Section):
     min_accuracy: float = value(0.0, lo=0, hi=1, doc="accuracy a model needs to be blessed")
+    # Bless only above always predicting the most frequent class (pipeline/blessing.py).
+    bless_over_majority: bool = value(True, doc="also require beating the majority class")
     max_accuracy_drop: float = value(0.01, lo=0, hi=1,
                                      doc="largest accuracy drop against the last blessed model")
     # Resolve the last blessed model as the Evaluator's baseline. Kubeflow
@@ -150,7 +153,11 @@ class RunConfig:
             except OSError as e:
                 raise ConfigError(f"cannot read config file {path}: {e}") from e
             except yaml.YAMLError as e:
-                raise ConfigError(f"config file {path} is not valid YAML: {e}") from e
+                # PyYAML's message spans four lines; where and what fit in one.
+                mark = getattr(e, "problem_mark", None)
+                where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+                problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+                raise ConfigError(f"config file {path} is not valid YAML{where}: {problem}") from e
             if not isinstance(loaded, dict):
                 raise ConfigError(f"config file {path} must hold a mapping, got {type(loaded).__name__}")
             for key, v in loaded.items():

@@ -15,7 +15,7 @@ import tensorflow_model_analysis as tfma
 from tfx import v1 as tfx
 
 from modules import contract
-from pipeline import data_sources
+from pipeline import blessing, data_sources
 from pipeline.config import RunConfig
 
 # Module code by import path, not module_file: the container image has the
@@ -42,12 +42,17 @@ def eval_config(config: RunConfig, num_classes: Optional[int]) -> tfma.EvalConfi
         tfma.MetricConfig(
             class_name="SparseCategoricalAccuracy",
             threshold=tfma.MetricThreshold(
-                value_threshold=tfma.GenericValueThreshold(lower_bound={"value": ev.min_accuracy}),
                 # A new model may be at most max_accuracy_drop worse than the
                 # last blessed one; the first run has no baseline and passes.
                 change_threshold=tfma.GenericChangeThreshold(
                     direction=tfma.MetricDirection.HIGHER_IS_BETTER,
-                    absolute={"value": -ev.max_accuracy_drop}))),
+                    absolute={"value": -ev.max_accuracy_drop})),
+            # The accuracy bar is for the whole eval set: on a per-class slice
+            # any weak class would fall under the majority-class bar.
+            per_slice_thresholds=[tfma.PerSliceMetricThreshold(
+                slicing_specs=[tfma.SlicingSpec()],
+                threshold=tfma.MetricThreshold(value_threshold=tfma.GenericValueThreshold(
+                    lower_bound={"value": blessing.threshold(config)["threshold"]})))]),
         tfma.MetricConfig(class_name="MultiClassConfusionMatrixPlot"),
         tfma.MetricConfig(class_name="ExampleCount"),
     ]

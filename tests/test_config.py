@@ -69,9 +69,11 @@ def test_config_round_trips_through_custom_config():
 
 
 def test_missing_weights_file_is_rejected_before_running(capsys, tmp_path):
+    from conftest import SAMPLE
     from pipeline import cli
 
-    assert cli.main(["run", "--data", str(tmp_path), "--weights", "/no/such/file.h5"]) == 2
+    assert cli.main(["run", "--data", SAMPLE, "--weights", "/no/such/file.h5",
+                     "--output", str(tmp_path / "out")]) == 2
     assert "/no/such/file.h5" in capsys.readouterr().err
 
 

@@ -24,10 +24,20 @@ COMMAND_MODULES = (run, compare, kubeflow, serving)
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tfx-transfer", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     for module in COMMAND_MODULES:
         module.register(sub)
     return parser
+
+
+def _version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("tfx-transfer")
+    except metadata.PackageNotFoundError:
+        return "unknown (not installed)"
 
 
 # Errors that mean bad input (data, config, weights): one line and exit 2, no
@@ -47,6 +57,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
+    except KeyboardInterrupt:
+        return run.interrupted()
     except Exception as e:  # noqa: BLE001 -- re-raised unless it is a user error
         if not isinstance(e, _user_errors()):
             raise

@@ -10,15 +10,18 @@ def _split(value):
 
 
 def cmd_compare(args) -> int:
-    from pipeline import data_sources
+    from pipeline import data_sources, preflight
+    from pipeline.cli.report import leaderboard_table
     from pipeline.runners.compare import compare, write_leaderboard
 
-    base = data_sources.prepare(config_from_args(args))
+    base = config_from_args(args)
+    preflight.check_run(base)
+    base = data_sources.prepare(base)
     unfreeze = [int(v) for v in _split(args.unfreeze)]
     sizes = [int(v) for v in _split(args.image_sizes)]
     rows = compare(base, _split(args.backbones), _split(args.modes), unfreeze, sizes)
     paths = write_leaderboard(rows, base.deploy.output)
-    print(open(paths["md"]).read())
+    print(leaderboard_table(rows))
     print("leaderboard: " + ", ".join(paths.values()))
     return 0
 

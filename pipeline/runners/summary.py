@@ -150,11 +150,15 @@ def plot_confusion(matrix: List[List[float]], labels: List[str], path: str, titl
     import matplotlib.pyplot as plt
     import numpy as np
 
-    m = np.asarray(matrix, dtype=float)
+    # Class-name order, not the vocabulary's (by frequency), so runs compare by eye.
+    order = sorted(range(len(labels)), key=lambda i: labels[i])
+    m = np.asarray(matrix, dtype=float)[np.ix_(order, order)]
+    labels = [labels[i] for i in order]
     norm = m / np.maximum(m.sum(axis=1, keepdims=True), 1)
     size = max(5, 0.5 * len(labels) + 2)
     fig, ax = plt.subplots(figsize=(size, size))
-    ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    image = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="fraction of the true class")
     ax.set_xticks(range(len(labels)), labels, rotation=60, ha="right")
     ax.set_yticks(range(len(labels)), labels)
     ax.set_xlabel("predicted")
@@ -212,6 +216,9 @@ def write_summary(config: RunConfig, wall_s: Optional[float] = None,
         summary["metrics"]["slices"] = evaluation["slices"]
     blessing = nodes.get("Evaluator", {}).get("outputs", {}).get("blessing")
     summary["blessed"] = bool(blessing and _prop(blessing[0], "blessed") == 1)
+    from pipeline import blessing as blessing_rule
+
+    summary["blessing"] = blessing_rule.threshold(config)
     pushed = nodes.get("Pusher", {}).get("outputs", {}).get("pushed_model")
     summary["pushed_model_dir"] = (_prop(pushed[0], "pushed_destination") or None) \
         if pushed and _prop(pushed[0], "pushed") == 1 else None
