@@ -15,6 +15,7 @@ MODES = ("linear_probe", "fine_tune", "lp_ft")
 RUNNERS = ("local", "beam")
 OPTIMIZERS = ("adamw", "adam", "sgd")
 POOLINGS = ("avg", "max")
+PROBE_SOLVERS = ("lbfgs", "sgd")  # modules/probe_solver.py
 AUGMENTATIONS = ("flip", "crop", "rotation", "zoom")
 # auto: look at the folder; folders: DIR/train + DIR/test; hash: one DIR/<class> folder.
 DATA_LAYOUTS = ("auto", "folders", "hash")
@@ -63,6 +64,10 @@ class RunConfig:
     augment: List[str] = dataclasses.field(default_factory=list)
     early_stopping_patience: int = 0  # 0: off
     cache_features: bool = True  # linear probe trains on backbone features computed once
+    # lbfgs: the probe's head (no hidden layer, features cached) solved to
+    # convergence; sgd: `epochs` of minibatch steps with `optimizer`.
+    probe_solver: str = "lbfgs"
+    probe_l2: Optional[float] = None  # lbfgs L2 strength; None: chosen on held-out folds
     seed: int = 42
 
     # --- evaluation / blessing -------------------------------------------
@@ -120,7 +125,7 @@ class RunConfig:
                   "label_smoothing", "warmup_epochs", "min_accuracy", "max_accuracy_drop")
         strs = ("data", "backbone", "weights", "mode", "pooling", "optimizer", "output",
                 "pipeline_name", "model_name", "runner", "data_layout", "image", "namespace",
-                "tfjob_service_account")
+                "tfjob_service_account", "probe_solver")
         bools = ("cosine_decay", "cache_features", "projector", "enable_cache", "baseline")
         for f in ints:
             check_type(f, (int,))
@@ -141,6 +146,14 @@ class RunConfig:
             fail("optimizer", f"{self.optimizer!r} is not one of {', '.join(OPTIMIZERS)}")
         if self.pooling not in POOLINGS:
             fail("pooling", f"{self.pooling!r} is not one of {', '.join(POOLINGS)}")
+        if self.probe_solver not in PROBE_SOLVERS:
+            fail("probe_solver", f"{self.probe_solver!r} is not one of {', '.join(PROBE_SOLVERS)}")
+        if self.probe_l2 is not None and (isinstance(self.probe_l2, bool) or
+                                          not isinstance(self.probe_l2, (int, float)) or
+                                          not 0 < self.probe_l2 < 1e4):
+            fail("probe_l2", f"must be a number in (0, 1e4) or null, got {self.probe_l2!r}")
+        if self.probe_l2 is not None:
+            self.probe_l2 = float(self.probe_l2)
         if self.data_layout not in DATA_LAYOUTS:
             fail("data_layout", f"{self.data_layout!r} is not one of {', '.join(DATA_LAYOUTS)}")
         for f in ("tfjob_workers", "tfjob_gpus_per_worker"):
@@ -251,5 +264,6 @@ class RunConfig:
                 "hidden_units", "epochs", "fine_tune_epochs", "batch_size", "learning_rate",
                 "fine_tune_learning_rate", "unfreeze_groups", "optimizer", "weight_decay",
                 "momentum", "label_smoothing", "warmup_epochs", "cosine_decay", "clipnorm",
-                "augment", "early_stopping_patience", "cache_features", "seed")
+                "augment", "early_stopping_patience", "cache_features", "seed",
+                "probe_solver", "probe_l2")
         return {k: getattr(self, k) for k in keys}
