@@ -158,3 +158,16 @@ def test_config_names_bad_solver_values():
         RunConfig(data="x", probe_l2=-1)
     c = RunConfig(data="x", probe_l2=1)
     assert c.probe_l2 == 1.0 and c.trainer_config()["probe_solver"] == "lbfgs"
+
+
+@pytest.mark.e2e
+def test_pipeline_summary_reports_the_solver(tiny_run):
+    """The default config solves the probe with L-BFGS; the summary says how."""
+    config, summary = tiny_run
+    assert config.probe_solver == "lbfgs"
+    solver = summary["training"]["probe_solver"]
+    assert solver["solver"] == "lbfgs" and solver["converged"]
+    assert solver["grad_norm"] <= ps.TOLERANCE and solver["l2"] in ps.L2_GRID
+    assert solver["seconds"] > 0
+    probe = [p for p in summary["training"]["phases"] if p["phase"] == "probe"][0]
+    assert len(probe["l2_grid"]) == len(ps.L2_GRID)
