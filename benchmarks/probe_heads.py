@@ -87,17 +87,18 @@ def main():
     args = p.parse_args()
     z = np.load(args.features)
     x_all, y_all, xt, yt = z["x_train"], z["y_train"], z["x_test"], z["y_test"]
-    subsets = args.subsets.split(",")
+    subsets, solvers = args.subsets.split(","), args.solvers.split(",")
     results = {"features": os.path.basename(args.features), "rows": []}
-    if os.path.exists(args.out + ".json"):  # keep the other subsets' rows (each has its invocation)
+    if os.path.exists(args.out + ".json"):  # keep the other rows (each names its invocation)
         with open(args.out + ".json") as f:
-            results["rows"] = [r for r in json.load(f)["rows"] if r["subset"] not in subsets]
+            results["rows"] = [r for r in json.load(f)["rows"]
+                               if r["subset"] not in subsets or r["solver"] not in solvers]
     stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     for name in subsets:
         per_class, settings = SUBSETS[name]
         idx = subset(y_all, per_class)
         x, y = x_all[idx], y_all[idx]
-        for solver in args.solvers.split(","):
+        for solver in solvers:
             start = time.time()
             r = (peer(x, y, xt, yt) if solver == "peer" else
                  sgd(x, y, xt, yt, settings) if solver == "sgd" else lbfgs(x, y, xt, yt))

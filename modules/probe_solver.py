@@ -157,11 +157,16 @@ def select_l2(x: np.ndarray, y: np.ndarray, num_classes: int, grid: Sequence[flo
     Each fold walks the grid from the strongest penalty down, warm-starting
     from the previous solution: the strongly penalised problems are cheap and
     put the weaker ones close to their optimum. Above LARGE examples the
-    choice is made on a stratified subsample of LARGE: 8,000 examples fit and
-    2,000 held out rank the penalties as well, at a fraction of the cost.
+    choice is made on a stratified subsample of LARGE (8,000 fit, 2,000 held
+    out) to bound its cost, and what transfers to all n examples is the
+    penalty per example (scikit-learn's C = 1 / (l2 n)): the returned l2 is
+    the subsample's best times 8,000 / n. On full CIFAR-10 the subsample's
+    best, 0.1, taken as is, gave 71.76 %; 0.01 gave 73.39 %.
     """
+    scale = 1.0
     if len(y) > LARGE:
         keep = np.concatenate(folds(y, int(np.ceil(len(y) / LARGE)), seed)[:1])
+        scale = 0.8 * len(keep) / len(y)
         x, y = x[keep], y[keep]
         parts = folds(y, 5, seed + 1)[:1]
     else:
@@ -187,7 +192,7 @@ def select_l2(x: np.ndarray, y: np.ndarray, num_classes: int, grid: Sequence[flo
     table = [{"l2": l2, "heldout_accuracy": round(float(acc[i]), 4),
               "heldout_loss": round(float(loss[i]), 4), "iterations": int(iters[i])}
              for i, l2 in enumerate(grid)]
-    return grid[best], table, fits[best]
+    return grid[best] * scale, table, fits[best]
 
 
 def standardiser(x: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:

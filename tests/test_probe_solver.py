@@ -171,3 +171,14 @@ def test_pipeline_summary_reports_the_solver(tiny_run):
     assert solver["seconds"] > 0
     probe = [p for p in summary["training"]["phases"] if p["phase"] == "probe"][0]
     assert len(probe["l2_grid"]) == len(ps.L2_GRID)
+
+
+def test_penalty_chosen_on_a_subsample_is_rescaled_per_example(monkeypatch):
+    # Above LARGE examples the grid runs on a subsample of LARGE (80 % of it
+    # fit): the penalty per example carries over, so l2 shrinks by 0.8 LARGE / n.
+    monkeypatch.setattr(ps, "LARGE", 100)
+    x, y = features(n=400, d=12)
+    r = ps.solve(x, y, 4, grid=(1e-3, 1e-1), seed=0)
+    ratios = [r["l2"] / row["l2"] for row in r["l2_grid"]]
+    assert pytest.approx(0.8 * 100 / 400) in ratios
+    assert r["converged"]
