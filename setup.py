@@ -21,6 +21,8 @@ setup(
         "pillow",
         "matplotlib",
         "scikit-learn",
+        "scipy",  # the probe's L-BFGS (modules/probe_solver.py)
+        "threadpoolctl",
         "umap-learn",
         "openTSNE",
         "tensorflow-serving-api",

@@ -49,8 +49,9 @@ def install_weights(shared_dir: str):
             shutil.copy(os.path.join(shared_dir, f), cache)
 
 
-def run_row(name, overrides, base, out_dir):
-    cfg = dict(base, **overrides, model_name=name.replace("_", "-"))
+def run_config(cfg, out_dir, name):
+    """`tfx-transfer run` on cfg in its own process; (summary, wall seconds).
+    Its config and log go to out_dir/{configs,logs}/<name>.*"""
     path = os.path.join(out_dir, "configs", f"{name}.yaml")
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "w") as f:
@@ -65,7 +66,12 @@ def run_row(name, overrides, base, out_dir):
     if rc != 0:
         raise SystemExit(f"row {name} failed (rc {rc}); see {log}")
     with open(os.path.join(cfg["output"], contract.SUMMARY_FILE)) as f:
-        summary = json.load(f)
+        return json.load(f), wall
+
+
+def run_row(name, overrides, base, out_dir):
+    cfg = dict(base, **overrides, model_name=name.replace("_", "-"))
+    summary, wall = run_config(cfg, out_dir, name)
     shutil.copy(os.path.join(cfg["output"], contract.SUMMARY_FILE), os.path.join(out_dir, "logs", f"{name}.summary.json"))
     phases = {p["phase"]: p for p in summary["training"]["phases"]}
     return {

@@ -25,6 +25,7 @@ Mode = Literal["linear_probe", "fine_tune", "lp_ft"]
 Optimizer = Literal["adamw", "adam", "sgd"]
 Pooling = Literal["avg", "max"]
 Augmentation = Literal["flip", "crop", "rotation", "zoom"]
+ProbeSolver = Literal["lbfgs", "sgd"]
 MODES: Tuple[str, ...] = typing.get_args(Mode)
 AUGMENTATIONS: Tuple[str, ...] = typing.get_args(Augmentation)
 
@@ -203,6 +204,12 @@ class TrainingConfig(Section):
     augment: List[Augmentation] = value(factory=list, doc="drawn from flip, crop, rotation, zoom")
     early_stopping_patience: int = value(0, lo=0, doc="0: off")
     cache_features: bool = value(True, doc="the linear probe trains on backbone features computed once")
+    # lbfgs: the probe's head (no hidden layer, features cached) solved to
+    # convergence (modules/probe_solver.py); sgd: `epochs` of minibatch steps.
+    probe_solver: ProbeSolver = value("lbfgs", doc="lbfgs (solved to convergence) | sgd (epochs)")
+    probe_l2: Optional[float] = value(None, lo=0, hi=1e4, lo_open=True, hi_open=True,
+                                      doc="L2 strength of the lbfgs probe (default: chosen on "
+                                          "held-out folds)")
     seed: int = value(42)
 
     def check(self):

@@ -23,7 +23,7 @@ import tensorflow as tf
 import tensorflow_transform as tft
 import tf_keras as keras
 
-from modules import backbones, contract, progress_events, warmup
+from modules import backbones, contract, probe_solver, progress_events, warmup
 from modules.config import ModelConfig, ModuleConfig, TrainingConfig
 
 log = logging.getLogger("tfx_transfer.trainer")
@@ -369,12 +369,19 @@ def train(mc: ModuleConfig, train_images: tf.data.Dataset, eval_images: tf.data.
             report["phases"].append({"phase": "feature_extraction", "examples": n_tr + n_ev,
                                      "seconds": round(s_tr + s_ev, 2),
                                      "images_per_s": round((n_tr + n_ev) / max(s_tr + s_ev, 1e-9), 1)})
-            # Shuffle examples, not cached batches, so every epoch sees new batch mixes.
-            tr = (tr.unbatch().shuffle(min(n_tr, SHUFFLE_BUFFER), seed=cfg.seed,
-                                       reshuffle_each_iteration=True)
-                  .batch(bs).prefetch(tf.data.AUTOTUNE))
             num_train = n_tr
-            fit(head, tr, ev, cfg.epochs, cfg.learning_rate, "probe", n_tr)
+            if cfg.probe_solver == "lbfgs" and not mc.model.hidden_units:
+                phase = probe_solver.solve_head(head, tr, ev, cfg)
+                report["phases"].append(phase)
+                report["probe_solver"] = {k: phase[k] for k in (
+                    "solver", "seconds", "l2", "converged", "iterations", "grad_norm")}
+            else:
+                # Shuffle examples, not cached batches, so every epoch sees new batch
+                # mixes. (Hidden units make the head non-convex: always this path.)
+                tr = (tr.unbatch().shuffle(min(n_tr, SHUFFLE_BUFFER), seed=cfg.seed,
+                                           reshuffle_each_iteration=True)
+                      .batch(bs).prefetch(tf.data.AUTOTUNE))
+                fit(head, tr, ev, cfg.epochs, cfg.learning_rate, "probe", n_tr)
         else:
             num_train = num_train or _count(train_images)
             tr = train_images if aug is None else train_images.map(

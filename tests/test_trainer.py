@@ -22,7 +22,8 @@ def cfg(**kw):
                 learning_rate=1e-2, fine_tune_learning_rate=1e-2, unfreeze_groups=2,
                 optimizer="adam", weight_decay=0.0, momentum=0.9, label_smoothing=0.0,
                 warmup_epochs=0.0, cosine_decay=False, clipnorm=None, augment=[],
-                early_stopping_patience=0, cache_features=True, seed=1)
+                early_stopping_patience=0, cache_features=True, seed=1,
+                probe_solver="sgd")  # the epoch path; tests/test_probe_solver.py: L-BFGS
     base.update(kw)
     return ModuleConfig.from_fields(**base)
 
