@@ -36,6 +36,11 @@ class RunConfig:
     data_layout: str = "auto"
     max_bad_fraction: float = 0.01  # more undecodable images than this fails ExampleGen
     class_groups: Optional[Dict[str, str]] = None  # class -> group, adds a slice feature
+    # Image budget (modules/image_budget.py), checked on headers before decoding:
+    # images over it are skipped and reported like undecodable ones.
+    max_image_pixels: int = 4096 * 4096  # per frame
+    max_image_frames: int = 256
+    max_image_mb: int = 256  # decoded size of all frames
 
     # --- model ------------------------------------------------------------
     backbone: str = "MobileNetV2"
@@ -114,7 +119,8 @@ class RunConfig:
 
         ints = ("epochs", "fine_tune_epochs", "batch_size", "unfreeze_groups",
                 "early_stopping_patience", "seed", "projector_samples", "hidden_units",
-                "tfjob_workers", "tfjob_gpus_per_worker")
+                "tfjob_workers", "tfjob_gpus_per_worker", "max_image_pixels", "max_image_frames",
+                "max_image_mb")
         floats = ("eval_fraction", "max_bad_fraction", "dropout", "learning_rate",
                   "fine_tune_learning_rate", "weight_decay", "momentum",
                   "label_smoothing", "warmup_epochs", "min_accuracy", "max_accuracy_drop")
@@ -161,7 +167,8 @@ class RunConfig:
             lo = backbones.get(self.backbone).min_size
             if not lo <= self.image_size <= 1024:
                 fail("image_size", f"{self.image_size} is outside [{lo}, 1024] for {self.backbone}")
-        for f in ("epochs", "batch_size", "projector_samples"):
+        for f in ("epochs", "batch_size", "projector_samples", "max_image_pixels",
+                  "max_image_frames", "max_image_mb"):
             if getattr(self, f) < 1:
                 fail(f, f"must be >= 1, got {getattr(self, f)}")
         for f in ("fine_tune_epochs", "unfreeze_groups", "early_stopping_patience",
@@ -244,6 +251,11 @@ class RunConfig:
             values.update(loaded)
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls.from_dict(values)
+
+    def image_budget(self) -> Dict[str, int]:
+        """modules.image_budget.ImageBudget fields."""
+        return {"max_pixels": self.max_image_pixels, "max_frames": self.max_image_frames,
+                "max_decoded_bytes": self.max_image_mb << 20}
 
     def trainer_config(self) -> Dict[str, Any]:
         """The part of the config the Trainer/Transform modules see (custom_config)."""

@@ -115,7 +115,7 @@ def create_pipeline(config: RunConfig, pipeline_root: Optional[str] = None,
         example_gen = ImageExampleGen(
             input_base=config.data, eval_fraction=config.eval_fraction,
             max_bad_fraction=config.max_bad_fraction, class_groups=config.class_groups,
-            layout=config.data_layout)
+            layout=config.data_layout, image_budget=config.image_budget())
     components.append(example_gen)
 
     statistics_gen = tfx.components.StatisticsGen(examples=example_gen.outputs["examples"])
