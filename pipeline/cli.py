@@ -62,7 +62,8 @@ def cmd_run(args) -> int:
     m = summary.get("metrics", {})
     print(f"\n{config.backbone} {config.mode} @ {summary['image_size']}px: "
           f"accuracy {m.get('accuracy')}, top-5 {m.get('top5_accuracy')}, "
-          f"blessed={summary['blessed']}, pushed to {summary['pushed_model_dir']}")
+          f"blessed={summary['blessed']}, pushed to {summary['pushed_model_dir']}"
+          + (f" ({summary['push_result']})" if summary.get("push_result") else ""))
     print("timings (s): " + ", ".join(f"{k} {v}" for k, v in summary["timings_s"].items()))
     print(f"summary: {config.output}/summary.json")
     return 0
@@ -104,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
 # `serve` do not pay for importing TFX just to name ImageDataError.
 _USER_ERRORS = (("pipeline.config", "ConfigError"), ("modules.backbones", "WeightsUnavailable"),
                 ("components.image_example_gen", "ImageDataError"),
-                ("pipeline.data_sources", "DataSourceError"))
+                ("pipeline.data_sources", "DataSourceError"), ("pipeline.run_lock", "RunLocked"))
 
 
 def _user_errors() -> tuple:

@@ -12,6 +12,7 @@ import tensorflow_model_analysis as tfma
 from tfx import v1 as tfx
 from tfx.proto import example_gen_pb2
 
+from components import atomic_pusher
 from components.image_example_gen import ImageExampleGen, hash_split_config
 from pipeline.config import RunConfig
 
@@ -177,7 +178,9 @@ def create_pipeline(config: RunConfig, pipeline_root: Optional[str] = None,
         model_blessing=evaluator.outputs["blessing"],
         push_destination=tfx.proto.PushDestination(
             filesystem=tfx.proto.PushDestination.Filesystem(
-                base_directory=os.path.join(config.resolved_serving_dir, config.model_name))))
+                base_directory=os.path.join(config.resolved_serving_dir, config.model_name))),
+        # Versions appear whole or not at all, and an unchanged model is not pushed again.
+        custom_executor_spec=atomic_pusher.EXECUTOR_SPEC)
     components.append(pusher)
 
     return tfx.dsl.Pipeline(

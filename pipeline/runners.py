@@ -30,18 +30,33 @@ def metadata_path(config: RunConfig) -> str:
     return os.path.join(config.output, "metadata.sqlite")
 
 
+def pipeline_root(config: RunConfig) -> str:
+    return os.path.join(os.path.abspath(config.output), "pipeline_root")
+
+
 def build(config: RunConfig):
     os.makedirs(config.output, exist_ok=True)
     return create_pipeline(
         config,
-        pipeline_root=os.path.join(os.path.abspath(config.output), "pipeline_root"),
+        pipeline_root=pipeline_root(config),
         metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(
             metadata_path(config)),
         beam_pipeline_args=beam_args(config))
 
 
 def run(config: RunConfig) -> dict:
-    """Runs the pipeline with the configured local runner; returns the summary."""
+    """Runs the pipeline with the configured local runner; returns the summary.
+
+    One run per output at a time; a killed run's leftovers are cleaned first."""
+    from pipeline import run_lock
+
+    with run_lock.hold(config.output) as stale:
+        run_lock.recover(pipeline_root(config), metadata_path(config),
+                         os.path.join(config.resolved_serving_dir, config.model_name), stale)
+        return _run(config)
+
+
+def _run(config: RunConfig) -> dict:
     from pipeline import summary
 
     pipeline = build(config)

@@ -26,7 +26,7 @@ EXECUTORS = {
     "Transform": "tfx.components.transform.executor.Executor",
     "Trainer": "tfx.components.trainer.executor.GenericExecutor",
     "Evaluator": "tfx.components.evaluator.executor.Executor",
-    "Pusher": "tfx.components.pusher.executor.Executor",
+    "Pusher": "components.atomic_pusher.Executor",  # atomic, idempotent push (issue #12)
 }
 if HAS_PROJECTOR:
     EXECUTORS["EmbeddingProjector"] = "components.embedding_projector.Executor"
