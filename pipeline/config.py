@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from typing import Any, Dict, List, Mapping, Optional
 
 MODES = ("linear_probe", "fine_tune", "lp_ft")
@@ -18,6 +19,11 @@ POOLINGS = ("avg", "max")
 AUGMENTATIONS = ("flip", "crop", "rotation", "zoom")
 # auto: look at the folder; folders: DIR/train + DIR/test; hash: one DIR/<class> folder.
 DATA_LAYOUTS = ("auto", "folders", "hash")
+
+
+# Kubernetes resource quantities (as used here: no exponents) and image digests.
+_QUANTITY = re.compile(r"[0-9]+(\.[0-9]+)?(m|k|Ki|M|Mi|G|Gi|T|Ti|P|Pi|E|Ei)?")
+_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 
 
 class ConfigError(ValueError):
@@ -96,6 +102,11 @@ class RunConfig:
     tfjob_workers: int = 0  # >0: the Trainer runs as a TFJob of that many workers
     tfjob_gpus_per_worker: int = 0
     tfjob_service_account: str = ""  # of the worker pods (storage access); "": namespace default
+    # Requests and limits of every worker pod (Kubernetes quantities), and the
+    # size limit of its /tmp emptyDir (checkpoints).
+    tfjob_cpu: str = "4"
+    tfjob_memory: str = "16Gi"
+    tfjob_tmp_size: str = "20Gi"
 
     def __post_init__(self):
         self.validate()
@@ -126,7 +137,7 @@ class RunConfig:
                   "label_smoothing", "warmup_epochs", "min_accuracy", "max_accuracy_drop")
         strs = ("data", "backbone", "weights", "mode", "pooling", "optimizer", "output",
                 "pipeline_name", "model_name", "runner", "data_layout", "image", "namespace",
-                "tfjob_service_account")
+                "tfjob_service_account", "tfjob_cpu", "tfjob_memory", "tfjob_tmp_size")
         bools = ("cosine_decay", "cache_features", "projector", "enable_cache", "baseline")
         for f in ints:
             check_type(f, (int,))
@@ -154,6 +165,11 @@ class RunConfig:
                 fail(f, f"must be >= 0, got {getattr(self, f)}")
         if self.tfjob_workers and not self.image:
             fail("image", "a TFJob Trainer (tfjob_workers > 0) needs the container image")
+        if "@" in self.image and not _DIGEST.fullmatch(self.image.partition("@")[2]):
+            fail("image", f"{self.image!r}: a pinned image is NAME@sha256:<64 hex digits>")
+        for f in ("tfjob_cpu", "tfjob_memory", "tfjob_tmp_size"):
+            if not _QUANTITY.fullmatch(getattr(self, f)):
+                fail(f, f"{getattr(self, f)!r} is not a Kubernetes quantity (e.g. 4, 500m, 16Gi)")
         from modules import backbones  # light import: no TensorFlow
 
         if self.backbone not in backbones.names():
