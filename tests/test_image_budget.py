@@ -171,3 +171,15 @@ def test_example_gen_run_reports_every_bad_file(tmp_path):
     assert "over the image budget" in skipped["bomb.gif"]
     kept = {r["filename"].decode() for s in ("train", "eval") for r in read_split(uri, s)}
     assert {f"cat/{n}" for n, (_, e) in files.items() if e == "ok"} <= kept
+
+
+def test_the_config_budget_reaches_example_gen(tmp_path):
+    from conftest import tiny_config
+    from components.image_example_gen import _settings
+    from pipeline.pipeline import create_pipeline
+
+    pipeline = create_pipeline(tiny_config(tmp_path, max_image_pixels=1000, max_image_frames=3,
+                                           max_image_mb=7))
+    example_gen = pipeline.components[0]
+    settings = _settings(example_gen.exec_properties["custom_config"])
+    assert ImageBudget.from_dict(settings["image_budget"]) == ImageBudget(1000, 3, 7 << 20)
