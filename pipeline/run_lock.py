@@ -35,6 +35,8 @@ log = logging.getLogger("tfx_transfer")
 
 LOCK_FILE = ".run.lock"
 DEAD_RUN_NOTE = "tfx_transfer_failure"  # custom property set on executions marked FAILED
+# TFX's custom property naming an execution's .system/stateful_working_dir/<index>.
+_STATEFUL_INDEX = "__stateful_working_dir_index__"
 
 
 class RunLocked(RuntimeError):
@@ -87,8 +89,8 @@ def hold(output: str, what: str = "run") -> Iterator[Optional[Dict]]:
         os.close(fd)
 
 
-def fail_dead_executions(metadata_path: str, note: str) -> List[int]:
-    """Marks NEW/RUNNING executions FAILED; returns their ids. Call only under the lock."""
+def fail_dead_executions(metadata_path: str, note: str) -> list:
+    """Marks NEW/RUNNING executions FAILED and returns them. Call only under the lock."""
     if not os.path.exists(metadata_path):
         return []
     from ml_metadata.metadata_store import metadata_store
@@ -106,13 +108,17 @@ def fail_dead_executions(metadata_path: str, note: str) -> List[int]:
         e.custom_properties[DEAD_RUN_NOTE].string_value = note
     if dead:
         store.put_executions(dead)
-    return [e.id for e in dead]
+    return dead
 
 
-def execution_dirs(pipeline_root: str, execution_id: int) -> List[str]:
-    """What TFX made for an execution: <node>/<output key>/<id>, <node>/.system/<kind>/<id>."""
-    return sorted(glob.glob(os.path.join(pipeline_root, "*", "*", str(execution_id))) +
-                  glob.glob(os.path.join(pipeline_root, "*", ".system", "*", str(execution_id))))
+def execution_dirs(pipeline_root: str, execution_id: int,
+                   stateful_index: Optional[str] = None) -> List[str]:
+    """What TFX made for an execution: <node>/<output key>/<id>, <node>/.system/<kind>/<id>,
+    and <node>/.system/stateful_working_dir/<index>."""
+    names = [str(execution_id)] + ([stateful_index] if stateful_index else [])
+    return sorted(d for name in names for d in
+                  glob.glob(os.path.join(pipeline_root, "*", "*", name)) +
+                  glob.glob(os.path.join(pipeline_root, "*", ".system", "*", name)))
 
 
 def _alive(pid: int) -> bool:
@@ -129,10 +135,13 @@ def recover(pipeline_root: str, metadata_path: str, serving_base: Optional[str],
             stale: Optional[Dict] = None) -> Dict[str, list]:
     """Cleans what killed runs left; returns what it did (for the log and tests)."""
     note = f"its run died ({_describe(stale)})" if stale else "its run died"
-    failed = fail_dead_executions(metadata_path, note)
+    dead = fail_dead_executions(metadata_path, note)
+    failed = [e.id for e in dead]
     removed = []
-    for execution_id in failed:
-        for d in execution_dirs(pipeline_root, execution_id):
+    for e in dead:
+        index = e.custom_properties[_STATEFUL_INDEX].string_value \
+            if _STATEFUL_INDEX in e.custom_properties else None
+        for d in execution_dirs(pipeline_root, e.id, index):
             shutil.rmtree(d, ignore_errors=True)
             removed.append(d)
     if serving_base and not serving_base.startswith(("gs://", "s3://")):

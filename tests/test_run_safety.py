@@ -120,11 +120,14 @@ def test_recover_fails_dead_executions_and_removes_their_leftovers(tmp_path):
     type_id = store.put_execution_type(pb.ExecutionType(name="Trainer"))
     done, dead = store.put_executions([
         pb.Execution(type_id=type_id, last_known_state=pb.Execution.COMPLETE),
-        pb.Execution(type_id=type_id, last_known_state=pb.Execution.RUNNING)])
+        pb.Execution(type_id=type_id, last_known_state=pb.Execution.RUNNING,
+                     custom_properties={"__stateful_working_dir_index__": pb.Value(
+                         string_value="0f1e2d3c")})])
     root = tmp_path / "pipeline_root"
     kept = [root / "Trainer" / "model" / str(done)]
     gone = [root / "Trainer" / "model" / str(dead), root / "Trainer" / "model_run" / str(dead),
-            root / "Trainer" / ".system" / "executor_execution" / str(dead)]
+            root / "Trainer" / ".system" / "executor_execution" / str(dead),
+            root / "Trainer" / ".system" / "stateful_working_dir" / "0f1e2d3c"]
     for d in kept + gone:
         os.makedirs(d)
     serving = tmp_path / "serving"
