@@ -26,14 +26,20 @@ from pipeline import runners
 where, output = sys.argv[1], sys.argv[2]
 kill = lambda: os.kill(os.getpid(), signal.SIGKILL)
 if where == "trainer":
-    import modules.trainer as trainer
-    run_fn = trainer.run_fn
+    # The Trainer reloads modules.trainer before taking run_fn from it, so the
+    # wrapper goes around the import instead.
+    from tfx.utils import import_utils
+    import_func = import_utils.import_func_from_module
 
-    def killed_run_fn(fn_args):
-        threading.Timer(2.0, kill).start()
-        run_fn(fn_args)
-        kill()  # training was shorter than the timer
-    trainer.run_fn = killed_run_fn
+    def import_armed(module_path, fn_name):
+        run_fn = import_func(module_path, fn_name)
+
+        def killed_run_fn(fn_args):
+            threading.Timer(2.0, kill).start()
+            run_fn(fn_args)
+            kill()  # training was shorter than the timer
+        return killed_run_fn if fn_name == "run_fn" else run_fn
+    import_utils.import_func_from_module = import_armed
 else:
     from components import atomic_pusher
     copy_dir = atomic_pusher.io_utils.copy_dir
