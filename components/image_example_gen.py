@@ -28,11 +28,12 @@ from tfx.utils import io_utils, proto_utils
 from google.protobuf import json_format, struct_pb2
 
 from components import file_kinds
-from modules import contract
+from modules import contract, image_budget
 
 # Keys of exec_properties the executor adds for the Beam transform.
 _REPORT_DIR = "_tfx_transfer_report_dir"
 _GROUPS = "_tfx_transfer_class_groups"
+_BUDGET = "_tfx_transfer_image_budget"
 
 
 class ImageDataError(RuntimeError):
@@ -71,9 +72,14 @@ def _int(v):
     return tf.train.Feature(int64_list=tf.train.Int64List(value=[v]))
 
 
-def image_to_example(path: str, input_base: str, groups: Optional[Dict[str, str]] = None
+def image_to_example(path: str, input_base: str, groups: Optional[Dict[str, str]] = None,
+                     budget: image_budget.ImageBudget = image_budget.ImageBudget()
                      ) -> Tuple[Optional[tf.train.Example], Optional[str]]:
-    """(example, None) for a good image, (None, reason) for a bad one."""
+    """(example, None) for a good image, (None, reason) for a bad one.
+
+    The header is checked against the image budget before anything decodes it,
+    and EXIF-rotated JPEGs are stored upright (the server applies the same
+    image_budget.upright to request images)."""
     try:
         with tf.io.gfile.GFile(path, "rb") as f:
             data = f.read()
@@ -81,6 +87,13 @@ def image_to_example(path: str, input_base: str, groups: Optional[Dict[str, str]
         return None, f"unreadable: {type(e).__name__}: {e}"
     if not data:
         return None, "empty file"
+    try:
+        header = image_budget.check(data, budget)
+        data = image_budget.upright(data, header)
+    except image_budget.OverBudget as e:
+        return None, f"over the image budget: {e}"
+    except image_budget.NotAnImage as e:
+        return None, f"not a decodable image: {e}"
     try:
         image = tf.io.decode_image(data, channels=3, expand_animations=False)
         height, width = int(image.shape[0]), int(image.shape[1])
@@ -103,11 +116,11 @@ def image_to_example(path: str, input_base: str, groups: Optional[Dict[str, str]
 
 
 class _ToExample(beam.DoFn):
-    def __init__(self, input_base, groups):
-        self._input_base, self._groups = input_base, groups
+    def __init__(self, input_base, groups, budget):
+        self._input_base, self._groups, self._budget = input_base, groups, budget
 
     def process(self, path):
-        example, reason = image_to_example(path, self._input_base, self._groups)
+        example, reason = image_to_example(path, self._input_base, self._groups, self._budget)
         if example is None:
             yield beam.pvalue.TaggedOutput("bad", json.dumps({"path": path, "reason": reason}))
         else:
@@ -121,11 +134,12 @@ def _ImagesToExample(pipeline: beam.Pipeline, exec_properties: Dict[str, Any],
                      split_pattern: str) -> beam.pvalue.PCollection:
     input_base = exec_properties[standard_component_specs.INPUT_BASE_KEY]
     groups = json.loads(exec_properties.get(_GROUPS) or "null")
+    budget = image_budget.ImageBudget.from_dict(json.loads(exec_properties.get(_BUDGET) or "null"))
     files = list_images(input_base, split_pattern)
     label = split_pattern.replace("*", "x").replace("/", "_")
     results = (pipeline
                | f"ListImages[{label}]" >> beam.Create(files)
-               | f"Decode[{label}]" >> beam.ParDo(_ToExample(input_base, groups))
+               | f"Decode[{label}]" >> beam.ParDo(_ToExample(input_base, groups, budget))
                .with_outputs("bad", main="good"))
     report = os.path.join(exec_properties[_REPORT_DIR], label)
     _ = results.bad | f"ReportBad[{label}]" >> beam.io.WriteToText(report, file_name_suffix=".jsonl")
@@ -152,6 +166,7 @@ class Executor(BaseExampleGenExecutor):
         report_dir = os.path.join(self._get_tmp_dir(), "skipped")
         exec_properties[_REPORT_DIR] = report_dir
         exec_properties[_GROUPS] = json.dumps(groups)
+        exec_properties[_BUDGET] = json.dumps(settings.get("image_budget"))
         super().Do(input_dict, output_dict, exec_properties)
 
         skipped = []
@@ -238,11 +253,13 @@ class ImageExampleGen(FileBasedExampleGen):
 
     def __init__(self, input_base, input_config: example_gen_pb2.Input,
                  output_config: Optional[example_gen_pb2.Output] = None,
-                 max_bad_fraction: float = 0.01, class_groups: Optional[Dict[str, str]] = None):
+                 max_bad_fraction: float = 0.01, class_groups: Optional[Dict[str, str]] = None,
+                 image_budget: Optional[Dict[str, int]] = None):
         """input_base: a folder, or a RuntimeParameter; the splits are decided by
         the caller (pipeline/data_sources.py), which knows the layout."""
         settings = struct_pb2.Struct()
-        settings.update({"max_bad_fraction": max_bad_fraction, "class_groups": class_groups})
+        settings.update({"max_bad_fraction": max_bad_fraction, "class_groups": class_groups,
+                         "image_budget": image_budget})
         custom_config = example_gen_pb2.CustomConfig()
         custom_config.custom_config.Pack(settings)
         super().__init__(

@@ -40,6 +40,8 @@ CONTAINER_NAME = "tensorflow"
 WORKER_COMMAND = ["python", "-m", "components.tfjob_worker"]
 # The image's unprivileged user (Dockerfile); its home and /tmp are the only writable paths.
 RUN_AS_UID, HOME = 1000, "/home/tfx"
+# Small: config, logs, Keras caches. /tmp holds checkpoints and is sized by the config.
+HOME_SIZE_LIMIT = "1Gi"
 
 
 class TFJobFailed(RuntimeError):
@@ -50,7 +52,8 @@ def settings(config) -> Dict[str, Any]:
     """The TFJob part of a RunConfig, as the executor reads it from custom_config."""
     d = config.deploy
     return {"workers": d.tfjob_workers, "gpus_per_worker": d.tfjob_gpus_per_worker,
-            "image": d.image, "namespace": d.namespace, "service_account": d.tfjob_service_account}
+            "image": d.image, "namespace": d.namespace, "service_account": d.tfjob_service_account,
+            "cpu": d.tfjob_cpu, "memory": d.tfjob_memory, "tmp_size": d.tfjob_tmp_size}
 
 
 def job_name(model_run_uri: str) -> str:
@@ -60,7 +63,8 @@ def job_name(model_run_uri: str) -> str:
 
 
 def tfjob_spec(name: str, namespace: str, image: str, workers: int, gpus_per_worker: int,
-               fn_args_uri: str, service_account: str = "", backoff_limit: int = 3) -> Dict:
+               fn_args_uri: str, service_account: str = "", backoff_limit: int = 3,
+               cpu: str = "4", memory: str = "16Gi", tmp_size: str = "20Gi") -> Dict:
     container: Dict[str, Any] = {
         "name": CONTAINER_NAME, "image": image,
         "command": WORKER_COMMAND, "args": ["--fn-args", fn_args_uri],
@@ -69,12 +73,17 @@ def tfjob_spec(name: str, namespace: str, image: str, workers: int, gpus_per_wor
                             "allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
                             "capabilities": {"drop": ["ALL"]}},
         "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}, {"name": "home", "mountPath": HOME}]}
+    # Requests equal to limits: the scheduler places a worker only where it
+    # fits, and a worker cannot starve its node's neighbours.
+    amounts = {"cpu": cpu, "memory": memory}
     if gpus_per_worker:
-        container["resources"] = {"limits": {"nvidia.com/gpu": gpus_per_worker}}
+        amounts["nvidia.com/gpu"] = gpus_per_worker
+    container["resources"] = {"requests": dict(amounts), "limits": dict(amounts)}
     pod_spec: Dict[str, Any] = {
         "containers": [container],
         "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}},
-        "volumes": [{"name": "tmp", "emptyDir": {}}, {"name": "home", "emptyDir": {}}]}
+        "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": tmp_size}},
+                    {"name": "home", "emptyDir": {"sizeLimit": HOME_SIZE_LIMIT}}]}
     if service_account:
         pod_spec["serviceAccountName"] = service_account
     return {
@@ -208,7 +217,8 @@ class Executor(GenericExecutor):
         fn_args = os.path.join(model_run, "tfjob", "fn_args.json")
         tfjob_worker.dump(input_dict, output_dict, exec_properties, fn_args)
         body = tfjob_spec(job_name(model_run), s["namespace"], s["image"], int(s["workers"]),
-                          int(s.get("gpus_per_worker") or 0), fn_args, s.get("service_account", ""))
+                          int(s.get("gpus_per_worker") or 0), fn_args, s.get("service_account", ""),
+                          **{k: s[k] for k in ("cpu", "memory", "tmp_size") if s.get(k)})
         api, core = _kubernetes()
         namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
 

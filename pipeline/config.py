@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from typing import Any, Dict, List, Literal, Mapping, Optional, Tuple
 
 from modules.config import (AUGMENTATIONS, MODES, ConfigError, ModelConfig,  # noqa: F401
@@ -27,6 +28,9 @@ Runner = Literal["local", "beam"]
 DataLayout = Literal["auto", "folders", "hash"]
 RUNNERS: Tuple[str, ...] = ("local", "beam")
 DATA_LAYOUTS: Tuple[str, ...] = ("auto", "folders", "hash")
+# Kubernetes resource quantities (as used here: no exponents) and image digests.
+_QUANTITY = re.compile(r"[0-9]+(\.[0-9]+)?(m|k|Ki|M|Mi|G|Gi|T|Ti|P|Pi|E|Ei)?")
+_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 
 __all__ = ["ConfigError", "RunConfig", "DataConfig", "ModelConfig", "TrainingConfig",
            "EvaluationConfig", "DeployConfig", "ModuleConfig"]
@@ -45,6 +49,16 @@ class DataConfig(Section):
     max_bad_fraction: float = value(0.01, lo=0, hi=1,
                                     doc="more undecodable images than this fails ExampleGen")
     class_groups: Optional[Dict[str, str]] = value(None, doc="class -> group: adds a slice feature")
+    # Image budget (modules/image_budget.py), checked on headers before decoding:
+    # images over it are skipped and reported like undecodable ones.
+    max_image_pixels: int = value(4096 * 4096, lo=1, doc="largest image, in pixels per frame")
+    max_image_frames: int = value(256, lo=1, doc="most frames of an animated image")
+    max_image_mb: int = value(256, lo=1, doc="largest decoded size of all frames, in MiB")
+
+    def image_budget(self) -> Dict[str, int]:
+        """modules.image_budget.ImageBudget fields."""
+        return {"max_pixels": self.max_image_pixels, "max_frames": self.max_image_frames,
+                "max_decoded_bytes": self.max_image_mb << 20}
 
 
 @dataclasses.dataclass
@@ -76,10 +90,20 @@ class DeployConfig(Section):
     tfjob_workers: int = value(0, lo=0, doc=">0: the Trainer runs as a TFJob of that many workers")
     tfjob_gpus_per_worker: int = value(0, lo=0)
     tfjob_service_account: str = value("", doc="service account of the worker pods")
+    # Requests (= limits) of every worker pod, and the size limit of its /tmp
+    # emptyDir (checkpoints), as Kubernetes quantities.
+    tfjob_cpu: str = value("4", doc="CPU of each TFJob worker pod")
+    tfjob_memory: str = value("16Gi", doc="memory of each TFJob worker pod")
+    tfjob_tmp_size: str = value("20Gi", doc="size limit of each worker's /tmp")
 
     def check(self):
         if self.tfjob_workers and not self.image:
             fail("image", "a TFJob Trainer (tfjob_workers > 0) needs the container image")
+        if "@" in self.image and not _DIGEST.fullmatch(self.image.partition("@")[2]):
+            fail("image", f"{self.image!r}: a pinned image is NAME@sha256:<64 hex digits>")
+        for f in ("tfjob_cpu", "tfjob_memory", "tfjob_tmp_size"):
+            if not _QUANTITY.fullmatch(getattr(self, f)):
+                fail(f, f"{getattr(self, f)!r} is not a Kubernetes quantity (e.g. 4, 500m, 16Gi)")
 
     @property
     def resolved_serving_dir(self) -> str:

@@ -163,7 +163,8 @@ def example_gen(config: RunConfig, data_root=None):
     return ImageExampleGen(
         input_base=data_root if data_root is not None else d.data,
         input_config=input_config, output_config=output_config,
-        max_bad_fraction=d.max_bad_fraction, class_groups=d.class_groups)
+        max_bad_fraction=d.max_bad_fraction, class_groups=d.class_groups,
+        image_budget=d.image_budget())
 
 
 def class_count(data: str) -> Optional[int]:

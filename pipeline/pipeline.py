@@ -14,6 +14,7 @@ from typing import Any, List, Optional
 import tensorflow_model_analysis as tfma
 from tfx import v1 as tfx
 
+from components import atomic_pusher
 from modules import contract
 from pipeline import blessing, data_sources
 from pipeline.config import RunConfig
@@ -173,7 +174,9 @@ def create_pipeline(config: RunConfig, pipeline_root: Optional[str] = None,
         model_blessing=evaluator.outputs["blessing"],
         push_destination=tfx.proto.PushDestination(
             filesystem=tfx.proto.PushDestination.Filesystem(
-                base_directory=os.path.join(dep.resolved_serving_dir, dep.model_name))))
+                base_directory=os.path.join(dep.resolved_serving_dir, dep.model_name))),
+        # Versions appear whole or not at all, and an unchanged model is not pushed again.
+        custom_executor_spec=atomic_pusher.EXECUTOR_SPEC)
     components.append(pusher)
 
     return tfx.dsl.Pipeline(

@@ -36,6 +36,7 @@ from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2,
                                      get_model_status_pb2, model_service_pb2_grpc,
                                      predict_pb2, prediction_service_pb2_grpc, status_pb2)
 
+from modules import image_budget
 from serving import signatures as sigs
 from serving import warmup as warmup_file
 
@@ -390,8 +391,12 @@ def _to_array(key: str, proto) -> np.ndarray:
 
 
 class Limits:
-    def __init__(self, max_batch_size: int = 64, max_image_pixels: int = 4096 * 4096):
+    def __init__(self, max_batch_size: int = 64, max_image_pixels: int = 4096 * 4096,
+                 budget: Optional[image_budget.ImageBudget] = None):
         self.max_batch_size, self.max_image_pixels = max_batch_size, max_image_pixels
+        # The pipeline's budget (frames, decoded bytes), with this server's pixel limit.
+        self.budget = dataclasses.replace(budget or image_budget.ImageBudget(),
+                                          max_pixels=max_image_pixels)
 
 
 def check_inputs(sig_name: str, sig, tensors, limits: Limits) -> Dict[str, np.ndarray]:
@@ -434,14 +439,26 @@ def check_inputs(sig_name: str, sig, tensors, limits: Limits) -> Dict[str, np.nd
 
 
 def _check_images(key: str, kind: str, values: np.ndarray, limits: Limits) -> None:
-    for i, value in enumerate(values.reshape(-1)):
+    """Checks every image against the budget before the graph decodes it, and makes
+    EXIF-rotated JPEGs upright in place, as ImageExampleGen did for training."""
+    for i, value in enumerate(values.flat):
         try:
             image = sigs.image_of_example(value) if kind == sigs.EXAMPLES else value
             sigs.check_image(image, limits.max_image_pixels)
-        except sigs.ImageTooLarge as e:
+            header = image_budget.check(image, limits.budget)
+            upright = image_budget.upright(image, header)
+        except (sigs.ImageTooLarge, image_budget.OverBudget) as e:
             raise RequestError(grpc.StatusCode.RESOURCE_EXHAUSTED, f"{key}[{i}]: image {e}")
         except ValueError as e:
             raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, f"{key}[{i}]: {e}")
+        if upright is not image:
+            values.flat[i] = _with_image(value, upright) if kind == sigs.EXAMPLES else upright
+
+
+def _with_image(serialized: bytes, image: bytes) -> bytes:
+    example = tf.train.Example.FromString(serialized)
+    example.features.feature[sigs.IMAGE_FEATURE].bytes_list.value[0] = image
+    return example.SerializeToString()
 
 
 # --------------------------------------------------------------------------

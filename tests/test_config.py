@@ -28,10 +28,24 @@ def test_defaults_are_valid():
     ("weights", "", "weights"),
     ("runner", "airflow", "runner"),
     ("class_groups", {"cat": 3}, "class_groups"),
+    ("max_image_pixels", 0, "max_image_pixels"),
+    ("max_image_frames", "many", "max_image_frames"),
+    ("tfjob_memory", "16 GB", "'tfjob_memory': '16 GB' is not a Kubernetes quantity"),
+    ("tfjob_cpu", 4, "tfjob_cpu"),
+    ("image", "registry.example.com/x@sha256:abc", "NAME@sha256:<64 hex digits>"),
 ])
 def test_bad_values_are_rejected_naming_the_field(field, value, needle):
     with pytest.raises(ConfigError, match=needle):
         flat(data="x", **{field: value})
+
+
+def test_images_pinned_by_digest_and_pod_sizes_are_accepted():
+    pinned = "registry.example.com/ml/tfx-transfer@sha256:" + "0123456789abcdef" * 4
+    cfg = flat(data="x", image=pinned, tfjob_workers=2, tfjob_cpu="500m",
+               tfjob_memory="2.5Gi", tfjob_tmp_size="10G")
+    assert cfg.deploy.image == pinned
+    assert cfg.data.image_budget() == {"max_pixels": 4096 * 4096, "max_frames": 256,
+                                  "max_decoded_bytes": 256 << 20}
 
 
 def test_fine_tune_needs_unfrozen_groups():

@@ -26,7 +26,7 @@ EXECUTORS = {
     "Transform": "tfx.components.transform.executor.Executor",
     "Trainer": "tfx.components.trainer.executor.GenericExecutor",
     "Evaluator": "tfx.components.evaluator.executor.Executor",
-    "Pusher": "tfx.components.pusher.executor.Executor",
+    "Pusher": "components.atomic_pusher.Executor",  # atomic, idempotent push (issue #12)
 }
 if HAS_PROJECTOR:
     EXECUTORS["EmbeddingProjector"] = "components.embedding_projector.Executor"
@@ -201,7 +201,8 @@ def test_tfjob_trainer_is_compiled_in(tmp_path):
     assert executor_class(job, "Trainer") == "components.tfjob_trainer.Executor"
     assert trainer_sections(job)["tfjob"] == {
         "workers": 4, "gpus_per_worker": 2, "image": IMAGE, "namespace": "ml",
-        "service_account": "tfx-transfer-trainer"}
+        "service_account": "tfx-transfer-trainer", "cpu": "4", "memory": "16Gi",
+        "tmp_size": "20Gi"}
 
 
 def test_pipeline_root_must_be_storage_the_platform_accepts():

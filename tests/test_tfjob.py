@@ -93,10 +93,16 @@ def test_spec_runs_the_worker_entrypoint_with_the_settings():
     assert c["command"] + c["args"] == [
         "python", "-m", "components.tfjob_worker", "--fn-args",
         "gs://bucket/root/Trainer/model_run/7/tfjob/fn_args.json"]
-    assert c["resources"] == {"limits": {"nvidia.com/gpu": 2}}
+    wanted = {"cpu": "4", "memory": "16Gi", "nvidia.com/gpu": 2}
+    assert c["resources"] == {"requests": wanted, "limits": wanted}
     assert pod["serviceAccountName"] == "tfx-transfer-trainer"
-    assert "resources" not in spec(gpus_per_worker=0)["spec"]["tfReplicaSpecs"]["Worker"][
-        "template"]["spec"]["containers"][0]
+    assert {v["name"]: v["emptyDir"]["sizeLimit"] for v in pod["volumes"]} == {
+        "tmp": "20Gi", "home": "1Gi"}
+    cpu_only = spec(gpus_per_worker=0, cpu="500m", memory="2Gi", tmp_size="5Gi")
+    pod = cpu_only["spec"]["tfReplicaSpecs"]["Worker"]["template"]["spec"]
+    assert pod["containers"][0]["resources"] == {"requests": {"cpu": "500m", "memory": "2Gi"},
+                                                 "limits": {"cpu": "500m", "memory": "2Gi"}}
+    assert pod["volumes"][0]["emptyDir"] == {"sizeLimit": "5Gi"}
 
 
 def test_worker_pods_run_locked_down():

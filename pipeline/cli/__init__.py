@@ -45,7 +45,7 @@ def _version() -> str:
 # `serve` do not pay for importing TFX just to name ImageDataError.
 _USER_ERRORS = (("modules.config", "ConfigError"), ("modules.backbones", "WeightsUnavailable"),
                 ("components.image_example_gen", "ImageDataError"),
-                ("pipeline.data_sources", "DataSourceError"))
+                ("pipeline.data_sources", "DataSourceError"), ("pipeline.run_lock", "RunLocked"))
 
 
 def _user_errors() -> tuple:

@@ -76,8 +76,28 @@ def _labels_arg(values):
     return labels
 
 
+def plaintext_warning(host: str, tls: bool) -> str:
+    """The warning for serving off loopback without TLS; "" when there is nothing to say."""
+    import ipaddress
+
+    if tls or host == "localhost":
+        return ""
+    try:
+        if ipaddress.ip_address(host.strip("[]")).is_loopback:
+            return ""
+    except ValueError:
+        pass  # a host name: it may resolve to anything
+    return (f"tfx-transfer serve: warning: serving plaintext gRPC on {host}, beyond this machine, "
+            "without TLS: anyone on the network can send requests and read the answers; "
+            "give --tls-cert and --tls-key (or keep --host 127.0.0.1 behind a TLS proxy)")
+
+
 def cmd_serve(args) -> int:
     from serving.server import ModelServer
+
+    warning = plaintext_warning(args.host, bool(args.tls_cert))
+    if warning:
+        print(warning, file=sys.stderr, flush=True)
 
     try:
         labels = _labels_arg(args.version_label)

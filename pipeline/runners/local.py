@@ -25,6 +25,10 @@ def beam_args(config: RunConfig) -> List[str]:
     return args
 
 
+def pipeline_root(config: RunConfig) -> str:
+    return os.path.join(os.path.abspath(config.deploy.output), "pipeline_root")
+
+
 def build(config: RunConfig):
     from tfx import v1 as tfx
 
@@ -33,14 +37,26 @@ def build(config: RunConfig):
     os.makedirs(config.deploy.output, exist_ok=True)
     return create_pipeline(
         config,
-        pipeline_root=os.path.join(os.path.abspath(config.deploy.output), "pipeline_root"),
+        pipeline_root=pipeline_root(config),
         metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(
             metadata_path(config)),
         beam_pipeline_args=beam_args(config))
 
 
 def run(config: RunConfig) -> dict:
-    """Runs the pipeline with the configured local runner; returns the summary."""
+    """Runs the pipeline with the configured local runner; returns the summary.
+
+    One run per output at a time; a killed run's leftovers are cleaned first."""
+    from pipeline import run_lock
+
+    dep = config.deploy
+    with run_lock.hold(dep.output) as stale:
+        run_lock.recover(pipeline_root(config), metadata_path(config),
+                         os.path.join(dep.resolved_serving_dir, dep.model_name), stale)
+        return _run(config)
+
+
+def _run(config: RunConfig) -> dict:
     from tfx import v1 as tfx
 
     pipeline = build(config)

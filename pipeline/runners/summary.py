@@ -222,6 +222,8 @@ def write_summary(config: RunConfig, wall_s: Optional[float] = None,
     pushed = nodes.get("Pusher", {}).get("outputs", {}).get("pushed_model")
     summary["pushed_model_dir"] = (_prop(pushed[0], "pushed_destination") or None) \
         if pushed and _prop(pushed[0], "pushed") == 1 else None
+    # components/atomic_pusher.py: "pushed as version N" or "already serving as version N".
+    summary["push_result"] = (_prop(pushed[0], "push_result") or None) if pushed else None
     projector = nodes.get("EmbeddingProjector", {}).get("outputs", {})
     if projector:
         from components.embedding_projector import summary_section
