@@ -22,16 +22,19 @@ destination, the projector settings, the Beam arguments and the image.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import tempfile
 from typing import Any, Dict, List, Optional, Tuple
 
 PARAM_DATA = "data_root"
 PARAM_CONFIG = "trainer_config"
-PLATFORMS = ("kubeflow", "vertex")
+PLATFORMS = ("kubeflow", "vertex", "local")
 # Where the KFP backend can keep artefacts (backend/src/v2/objectstore/config.go
 # rejects anything else); Vertex AI Pipelines takes gs:// only.
-ROOT_SCHEMES = {"kubeflow": ("gs://", "s3://", "minio://"), "vertex": ("gs://",)}
+ROOT_SCHEMES = {"kubeflow": ("gs://", "s3://", "minio://"), "vertex": ("gs://",),
+                # the KFP spec of "kubeflow", for `submit --local` (pipeline/kfp_local.py)
+                "local": ("/",)}
 
 
 class SubmitError(RuntimeError):
@@ -61,7 +64,7 @@ def build(config, pipeline_root: str, platform: str = "kubeflow"):
     from pipeline.pipeline import create_pipeline
 
     changes: Dict[str, Any] = {}
-    if platform == "kubeflow":
+    if platform in ("kubeflow", "local"):
         # The KFP backend refuses Resolver tasks ("resolver executors not
         # implemented", backend/src/v2/compiler/argocompiler/dag.go).
         changes["baseline"] = False
@@ -94,7 +97,12 @@ def compile_pipeline(config, output: str, image: Optional[str] = None,
     if not image:
         _fail("--image", "the container image with this project (see Dockerfile) is required")
     root = check_pipeline_root(pipeline_root, platform)
-    pipeline = build(config.replace(image=image), root, platform)
+    # Tasks run in other working directories (a pod, a container): a local
+    # path the spec names must not depend on where compile ran.
+    local = {k: os.path.abspath(v) for k, v in (("data", config.data), ("weights", config.weights),
+                                                ("serving_dir", config.serving_dir))
+             if v and os.path.exists(v)}
+    pipeline = build(config.replace(image=image, **local), root, platform)
     runner = tfx.orchestration.experimental.KubeflowV2DagRunner(
         config=tfx.orchestration.experimental.KubeflowV2DagRunnerConfig(
             default_image=image,
@@ -257,13 +265,20 @@ def cmd_compile(args) -> int:
     print(f"wrote {args.package}: {len(tasks)} tasks ({', '.join(tasks)})")
     for name, definition in sorted(_declared(spec).items()):
         print(f"  runtime parameter {name} (default {str(_default(definition))[:120]})")
-    if args.platform == "kubeflow":
+    if args.platform in ("kubeflow", "local"):
         print("  no latest_blessed_model_resolver: the KFP backend cannot run Resolver tasks "
               "(compile with --platform vertex to keep it)")
     return 0
 
 
 def cmd_submit(args) -> int:
+    if args.local:
+        from pipeline.kfp_local import cmd_submit_local
+
+        return cmd_submit_local(args)
+    if not args.host:
+        print("tfx-transfer: error: submit needs --host URL (or --local)", file=sys.stderr)
+        return 2
     try:
         result = submit(args.host, args.package, args.param or [], namespace=args.namespace,
                         experiment=args.experiment, run_name=args.run_name,
@@ -278,6 +293,7 @@ def cmd_submit(args) -> int:
 
 def register(subparsers) -> None:
     from pipeline.cli import _add_run_flags
+    from pipeline.kfp_local import ENGINES
 
     p = subparsers.add_parser(
         "compile", conflict_handler="resolve",
@@ -290,7 +306,8 @@ def register(subparsers) -> None:
     p.add_argument("--pipeline-root", dest="pipeline_root", required=True,
                    help="artefact root, e.g. gs://BUCKET/tfx-transfer")
     p.add_argument("--platform", choices=PLATFORMS, default="kubeflow",
-                   help="kubeflow: KFP 2.x backend (no Resolver); vertex: Vertex AI Pipelines")
+                   help="kubeflow: KFP 2.x backend (no Resolver); vertex: Vertex AI Pipelines; "
+                        "local: the kubeflow spec with a local root, for submit --local")
     p.add_argument("--data-layout", dest="data_layout", choices=["auto", "folders", "hash"],
                    help="folders (train/ + test/) or hash; auto lists the data folder now")
     p.add_argument("--beam-arg", dest="beam_args", action="append",
@@ -304,7 +321,13 @@ def register(subparsers) -> None:
 
     p = subparsers.add_parser("submit", help="start a run of a compiled pipeline on Kubeflow")
     p.add_argument("package", help="file written by tfx-transfer compile")
-    p.add_argument("--host", required=True, help="KFP API endpoint, e.g. http://localhost:8080")
+    p.add_argument("--host", help="KFP API endpoint, e.g. http://localhost:8080")
+    p.add_argument("--local", action="store_true",
+                   help="run it here, task by task, as the KFP v2 backend would (compile with "
+                        "--platform local)")
+    p.add_argument("--engine", default="process", choices=ENGINES,
+                   help="with --local: run each task in the image (podman, docker) or with "
+                        "this environment's Python (process)")
     p.add_argument("--namespace", help="Kubeflow profile namespace (multi-user installs)")
     p.add_argument("--experiment", help="experiment name (created when missing)")
     p.add_argument("--run-name", dest="run_name")
