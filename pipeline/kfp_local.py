@@ -40,11 +40,12 @@ import shutil
 import subprocess
 import sys
 import time
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List
 
 ENGINES = ("process", "podman", "docker")
 LOG_FILE = "task.log"
-CACHE_DIR = ".kfp-local-cache"  # under the pipeline root: one file per cache key
+CACHE_DIR = ".kfp-local-cache"
+TFJOB_EXECUTOR = "components.tfjob_trainer.Executor"  # under the pipeline root: one file per cache key
 # The settings that make rootful podman run containers on the development
 # machines (see docs/kubeflow.md); harmless elsewhere.
 PODMAN_FLAGS = ["--storage-driver", "vfs", "--runtime", "runc"]
@@ -179,12 +180,16 @@ def local_paths(strings: List[str]) -> List[str]:
 
 
 def container_command(engine: str, image: str, command: List[str], mounts: List[str],
-                      workdir: str, env: Dict[str, str], name: str) -> List[str]:
+                      workdir: str, env: Dict[str, str], name: str,
+                      network: str = "none") -> List[str]:
     exe = shutil.which(engine)
     if not exe:
         raise LocalRunError(f"--engine {engine}: {engine} is not installed here")
+    # As the caller's uid, so that what tasks write into the mounted folders
+    # stays the caller's (KFP's pods write to object storage instead).
     argv = [exe] + (PODMAN_FLAGS if engine == "podman" else []) + [
-        "run", "--rm", "--name", name, "--network", "none", "-w", workdir]
+        "run", "--rm", "--name", name, "--network", network, "-w", workdir,
+        "--user", f"{os.getuid()}:{os.getgid()}"]
     for path in mounts:
         argv += ["-v", f"{path}:{path}"]
     for k, v in sorted(env.items()):
@@ -215,8 +220,6 @@ def cache_key(executor: Dict, component: Dict, params: Dict, artifacts: Dict) ->
 def run(package: str, params: List[str], engine: str = "process",
         echo=None) -> Dict[str, Any]:
     """Runs every task; returns {"run_dir", "tasks": {name: {state, seconds, outputs}}}."""
-    from kfp.local import placeholder_utils
-
     from pipeline.kubeflow import load_package, parameter_values
 
     echo = echo or (lambda line: print(line, flush=True))
@@ -235,6 +238,48 @@ def run(package: str, params: List[str], engine: str = "process",
     os.makedirs(cache_dir, exist_ok=True)
     env = _engine_env(engine)
     tasks = spec["root"]["dag"]["tasks"]
+    operator = None
+    if TFJOB_EXECUTOR in json.dumps(spec["deploymentSpec"]):
+        # the workers see what the tasks see: the root, the data, a weights file
+        mounts = local_paths([root] + [json.dumps(v) if not isinstance(v, str) else v
+                                       for v in values.values()])
+        operator = _operator(engine, os.path.join(run_dir, "tfjob"), env, mounts)
+        env["KUBECONFIG"] = operator.serve()
+    try:
+        return _run_tasks(spec, tasks, values, root, run_dir, run_name, cache_dir, engine, env,
+                          operator, echo)
+    finally:
+        if operator:
+            operator.close()
+
+
+def _operator(engine: str, log_dir: str, env: Dict[str, str], mounts: List[str]):
+    """The local Training Operator; its workers run like the tasks do."""
+    from pipeline.tfjob_local import Operator
+
+    os.makedirs(log_dir, exist_ok=True)
+
+    def start(argv, pod_env, log_path, image):
+        worker = os.path.splitext(os.path.basename(log_path))[0]
+        if engine == "process":
+            # HOME is an emptyDir volume in the pod: a fresh folder here.
+            home = os.path.join(log_dir, worker + "-home")
+            os.makedirs(home, exist_ok=True)
+            argv = [sys.executable] + argv[1:] if argv[0] in ("python", "python3") else argv
+            full = {**env, **pod_env, "HOME": home}
+            return subprocess.Popen(argv, stdout=open(log_path, "w"), stderr=subprocess.STDOUT,
+                                    env=full, cwd=home)
+        argv = container_command(engine, image, argv, local_paths(mounts + argv), "/tmp", pod_env,
+                                 worker.lower()[-60:], network="host")
+        return subprocess.Popen(argv, stdout=open(log_path, "w"), stderr=subprocess.STDOUT, env=env)
+
+    return Operator(start, log_dir)
+
+
+def _run_tasks(spec, tasks, values, root, run_dir, run_name, cache_dir, engine, env, operator,
+               echo) -> Dict[str, Any]:
+    from kfp.local import placeholder_utils
+
     outputs: Dict[str, Dict] = {}
     report: Dict[str, Dict] = {}
     echo(f"run {run_name}: {len(tasks)} tasks, engine {engine}, root {root}")
@@ -270,9 +315,12 @@ def run(package: str, params: List[str], engine: str = "process",
             workdir = task_root
         else:
             mounts = local_paths(argv + [root])
+            task_env = {"PYTHONUNBUFFERED": "1"}
+            if operator:  # the Trainer reaches the local Kubernetes API on 127.0.0.1
+                task_env["KUBECONFIG"] = env["KUBECONFIG"]
             argv = container_command(engine, container["image"], argv, mounts, task_root,
-                                     {"PYTHONUNBUFFERED": "1"},
-                                     f"{run_name}-{task_name}".lower()[-60:])
+                                     task_env, f"{run_name}-{task_name}".lower()[-60:],
+                                     network="host" if operator else "none")
             workdir = None
         start = time.time()
         with open(log_path, "w") as log:
