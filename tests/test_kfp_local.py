@@ -1,8 +1,10 @@
 """submit --local (pipeline/kfp_local.py): the KFP v2 contract on a small
 hand-written spec (fast), and the compiled pipeline of the bundled sample run
 task by task against a LocalDagRunner run of the same config (slow)."""
+import glob
 import json
 import os
+import subprocess
 
 import pytest
 
@@ -131,30 +133,26 @@ def test_container_mounts_every_local_path_the_task_names(tmp_path):
     assert kfp_local.local_paths([str(data), str(weights)]) == [str(data), str(weights)]
 
 
-@pytest.fixture(scope="module")
-def local_kfp_run(tiny_run, tmp_path_factory):
+IMAGE = "tfx-transfer:dev"
+
+
+def run_compiled(config, tmp, engine):
     """The tiny_run config compiled for KFP and run with submit --local."""
     from pipeline import kubeflow
 
-    config, _ = tiny_run
-    tmp = tmp_path_factory.mktemp("kfp_local")
     package = str(tmp / "pipeline.json")
-    kubeflow.compile_pipeline(config.replace(output=str(tmp / "unused")), package,
-                              image="tfx-transfer:dev", pipeline_root=str(tmp / "root"),
-                              platform="local")
-    engine = os.environ.get("TFX_TRANSFER_KFP_ENGINE", "process")
+    kubeflow.compile_pipeline(config.replace(output=str(tmp / "unused")), package, image=IMAGE,
+                              pipeline_root=str(tmp / "root"), platform="local")
     return kfp_local.run(package, [], engine=engine)
 
 
-@pytest.mark.slow
-@pytest.mark.e2e
-def test_compiled_pipeline_runs_blessed_pushed_and_matches_the_local_run(tiny_run, local_kfp_run):
+def check_matches_the_local_run(tiny_run, result):
     import tensorflow as tf
 
     from pipeline.summary import read_evaluation
 
     config, summary = tiny_run
-    tasks = local_kfp_run["tasks"]
+    tasks = result["tasks"]
     assert set(tasks) >= {"ImageExampleGen", "Transform", "Trainer", "Evaluator", "Pusher"}
     assert all(t["state"] == "SUCCEEDED" for t in tasks.values())
     blessing = tasks["Evaluator"]["outputs"]["artifacts"]["blessing"]
@@ -166,9 +164,32 @@ def test_compiled_pipeline_runs_blessed_pushed_and_matches_the_local_run(tiny_ru
     assert os.path.basename(version_dir).isdigit()
     assert os.path.basename(os.path.dirname(version_dir)) == config.model_name
     model = tf.saved_model.load(version_dir)
-    assert "serving_default" in model.signatures
+    files = sorted(glob.glob(os.path.join(config.data, "test", "*", "*.jpg")))[:4]
+    out = model.signatures["serving_images"](images=tf.constant([open(f, "rb").read()
+                                                                for f in files]))
+    assert {n.decode() for n in out["class_names"].numpy()} <= set(summary["classes"])
     # the runs are deterministic: the same accuracy as the LocalDagRunner run
     evaluation = read_evaluation(tasks["Evaluator"]["outputs"]["artifacts"]["evaluation"]["uri"],
                                  summary["classes"])
     assert evaluation["accuracy"] == pytest.approx(summary["metrics"]["accuracy"], abs=1e-6)
     assert evaluation["example_count"] == summary["metrics"]["example_count"]
+
+
+@pytest.mark.slow
+@pytest.mark.e2e
+def test_compiled_pipeline_runs_blessed_pushed_and_matches_the_local_run(tiny_run, tmp_path):
+    check_matches_the_local_run(tiny_run, run_compiled(tiny_run[0], tmp_path, "process"))
+
+
+@pytest.mark.slow
+@pytest.mark.e2e
+@pytest.mark.podman
+def test_compiled_pipeline_runs_in_the_image_with_podman(tiny_run, tmp_path):
+    import shutil
+
+    if not shutil.which("podman"):
+        pytest.skip("podman is not installed (apt-get install -y podman runc)")
+    engine = os.path.join(os.path.dirname(os.path.dirname(__file__)), "k8s", "image", "engine.sh")
+    if subprocess.call([engine, "image", "exists", IMAGE]) != 0:
+        pytest.skip(f"no {IMAGE} image: make image")
+    check_matches_the_local_run(tiny_run, run_compiled(tiny_run[0], tmp_path, "podman"))
