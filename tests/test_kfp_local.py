@@ -175,12 +175,15 @@ def check_matches_the_local_run(tiny_run, result):
     assert evaluation["example_count"] == summary["metrics"]["example_count"]
 
 
+# Nine tasks, each starting Python and TensorFlow: past the default timeout on a busy machine.
+@pytest.mark.timeout(3600)
 @pytest.mark.slow
 @pytest.mark.e2e
 def test_compiled_pipeline_runs_blessed_pushed_and_matches_the_local_run(tiny_run, tmp_path):
     check_matches_the_local_run(tiny_run, run_compiled(tiny_run[0], tmp_path, "process"))
 
 
+@pytest.mark.timeout(3600)
 @pytest.mark.slow
 @pytest.mark.e2e
 @pytest.mark.podman
