@@ -60,7 +60,7 @@ build/wheelhouse/.done: setup.py constraints.txt $(VENV)/.installed
 
 ifeq ($(BASE_IMAGE),$(LOCAL_BASE))
 image: build/wheelhouse/.done
-	$(ENGINE) image exists $(LOCAL_BASE) 2>/dev/null || $(MAKE) base-image
+	$(ENGINE) image inspect $(LOCAL_BASE) >/dev/null 2>&1 || $(MAKE) base-image
 	$(ENGINE) build $(if $(shell command -v podman),--layers=false) -t $(IMAGE) --build-arg BASE_IMAGE=$(LOCAL_BASE) \
 	    --build-arg BEAM_IMAGE=$(LOCAL_BASE) \
 	    --build-arg PIP_ARGS="--no-index --find-links /context/build/wheelhouse" .
