@@ -7,12 +7,22 @@
 #   docker build -t REGISTRY/tfx-transfer:TAG .
 #   docker push REGISTRY/tfx-transfer:TAG
 #
-# TFX 1.16.0 on Python 3.10, like the development environment.
-FROM tensorflow/tfx:1.16.0
+# TFX 1.16.0 on Python 3.10, like the development environment. Where no
+# registry can be reached, `make base-image image` builds on a local Debian +
+# Python 3.10 base instead (k8s/image/), installing from a wheelhouse
+# downloaded on the host:
+#   --build-arg BASE_IMAGE=localhost/tfx-transfer-base:py3.10 \
+#   --build-arg BEAM_IMAGE=localhost/tfx-transfer-base:py3.10 \
+#   --build-arg PIP_ARGS="--no-index --find-links /context/build/wheelhouse"
+ARG BASE_IMAGE=tensorflow/tfx:1.16.0
+ARG BEAM_IMAGE=apache/beam_python3.10_sdk:2.74.0
+FROM ${BEAM_IMAGE} AS beam
+FROM ${BASE_IMAGE}
+ARG PIP_ARGS=""
 
 # Dataflow, Flink and Spark start this image as the Beam SDK harness: its boot
 # program must come from the same Beam release as the SDK installed below.
-COPY --from=apache/beam_python3.10_sdk:2.74.0 /opt/apache/beam /opt/apache/beam
+COPY --from=beam /opt/apache/beam /opt/apache/beam
 
 WORKDIR /opt/tfx-transfer
 COPY setup.py constraints.txt ./
@@ -21,7 +31,10 @@ COPY components/ components/
 COPY modules/ modules/
 COPY serving/ serving/
 # The same pins as `make venv`: what ran the tests is what runs on the cluster.
-RUN python -m pip install --no-cache-dir -c constraints.txt . \
+# setuptools first: setup.py needs it to say what to install.
+RUN --mount=type=bind,target=/context \
+    python -m pip install --no-cache-dir $PIP_ARGS -c constraints.txt setuptools wheel \
+ && python -m pip install --no-cache-dir $PIP_ARGS -c constraints.txt . \
  && python -c "import pipeline.runners.kubeflow, components.tfjob_worker, components.tfjob_trainer, \
 modules.trainer, modules.transform, components.image_example_gen"
 

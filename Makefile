@@ -10,7 +10,7 @@ MNV2_WEIGHTS := $(SHARED)/weights/mobilenet_v2_weights_tf_dim_ordering_tf_kernel
 DEMO_WEIGHTS ?= $(if $(wildcard $(MNV2_WEIGHTS)),$(abspath $(MNV2_WEIGHTS)),imagenet)
 PYTEST_ARGS ?=
 
-.PHONY: venv demo test test-slow test-all offline-weights constraints clean
+.PHONY: venv demo test test-slow test-all offline-weights constraints clean image base-image
 
 $(VENV)/.installed: setup.py constraints.txt
 	@test -n "$(PY310)" || { echo "Python 3.10 is required (TFX 1.16): install it or set PY310=/path/to/python3.10"; exit 1; }
@@ -41,6 +41,35 @@ constraints:
 # Air-gapped machines: put the ImageNet weight files where tf_keras looks.
 offline-weights:
 	mkdir -p $(HOME)/.keras/models && cp -n $(SHARED)/weights/*.h5 $(HOME)/.keras/models/
+
+# The container image (Dockerfile), with podman or docker, whichever exists.
+# By default on a base made here (base-image) and a wheelhouse downloaded on
+# the host, since no registry image can be pulled on the development machines;
+# `make image BASE_IMAGE=tensorflow/tfx:1.16.0` builds the production image.
+IMAGE ?= tfx-transfer:dev
+LOCAL_BASE := localhost/tfx-transfer-base:py3.10
+BASE_IMAGE ?= $(LOCAL_BASE)
+ENGINE ?= k8s/image/engine.sh
+
+base-image:
+	k8s/image/base-image.sh $(LOCAL_BASE)
+
+build/wheelhouse/.done: setup.py constraints.txt $(VENV)/.installed
+	PY=$(BIN)/python k8s/image/wheelhouse.sh build/wheelhouse
+	touch $@
+
+ifeq ($(BASE_IMAGE),$(LOCAL_BASE))
+image: build/wheelhouse/.done
+	$(ENGINE) image inspect $(LOCAL_BASE) >/dev/null 2>&1 || $(MAKE) base-image
+	$(ENGINE) build $(if $(shell command -v podman),--layers=false) -t $(IMAGE) --build-arg BASE_IMAGE=$(LOCAL_BASE) \
+	    --build-arg BEAM_IMAGE=$(LOCAL_BASE) \
+	    --build-arg PIP_ARGS="--no-index --find-links /context/build/wheelhouse" .
+else
+image:
+	$(ENGINE) build -t $(IMAGE) --build-arg BASE_IMAGE=$(BASE_IMAGE) .
+endif
+	$(ENGINE) run --rm $(IMAGE) tfx-transfer --help >/dev/null
+	@echo "$(IMAGE): $$($(ENGINE) image inspect --format '{{.Size}}' $(IMAGE) | awk '{printf "%.2f GB", $$1/1e9}')"
 
 clean:
 	rm -rf runs .pytest_cache

@@ -46,7 +46,11 @@ FILES = {"metrics": "metrics.json", "points": "points.csv", "figure": "projectio
 class EmbeddingProjection(types.Artifact):
     """A folder of 2-D projections of eval embeddings, before and after training."""
 
-    TYPE_NAME = "tfx_transfer.EmbeddingProjection"
+    # TFX's KFP v2 container entrypoint imports a custom artifact's class by
+    # its type name (kubeflow_v2_entrypoint_utils._retrieve_class_path), and
+    # its compiler takes only `module.Class` names: components/__init__.py
+    # provides this one.
+    TYPE_NAME = "components.EmbeddingProjection"
 
 
 class EmbeddingProjectorSpec(types.ComponentSpec):

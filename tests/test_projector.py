@@ -256,11 +256,12 @@ def test_projector_in_the_tiny_pipeline(tiny_run):
 
 @pytest.mark.e2e
 def test_projection_artifact_is_typed_in_mlmd(tiny_run):
+    from components.embedding_projector import EmbeddingProjection
     from pipeline.runners.summary import _store
 
     config, summary = tiny_run
     store = _store(config)
-    artifacts = store.get_artifacts_by_type("tfx_transfer.EmbeddingProjection")
+    artifacts = store.get_artifacts_by_type(EmbeddingProjection.TYPE_NAME)
     assert [a.uri for a in artifacts] == [summary["projector"]["uri"]]
     props = artifacts[0].custom_properties
     assert props["num_samples"].int_value == 100

@@ -4,6 +4,7 @@ from __future__ import annotations
 import sys
 
 from pipeline.cli.options import add_run_flags, config_from_args
+from pipeline.runners.kfp_local import ENGINES
 from pipeline.runners.kubeflow import PLATFORMS
 
 # compile's own flags that are run config fields
@@ -22,7 +23,7 @@ def cmd_compile(args) -> int:
     print(f"wrote {args.package}: {len(tasks)} tasks ({', '.join(tasks)})")
     for name, definition in sorted(declared_parameters(spec).items()):
         print(f"  runtime parameter {name} (default {str(parameter_default(definition))[:120]})")
-    if args.platform == "kubeflow":
+    if args.platform in ("kubeflow", "local"):
         print("  no latest_blessed_model_resolver: the KFP backend cannot run Resolver tasks "
               "(compile with --platform vertex to keep it)")
     return 0
@@ -31,6 +32,11 @@ def cmd_compile(args) -> int:
 def cmd_submit(args) -> int:
     from pipeline.runners.kubeflow import SubmitError, submit
 
+    if args.local:
+        return cmd_submit_local(args)
+    if not args.host:
+        print("tfx-transfer: error: submit needs --host URL (or --local)", file=sys.stderr)
+        return 2
     try:
         result = submit(args.host, args.package, args.param or [], namespace=args.namespace,
                         experiment=args.experiment, run_name=args.run_name,
@@ -40,6 +46,20 @@ def cmd_submit(args) -> int:
         print(f"tfx-transfer: error: {e}", file=sys.stderr)
         return 2
     print(f"run {result.run_id} created")
+    return 0
+
+
+def cmd_submit_local(args) -> int:
+    from pipeline.runners.kfp_local import LocalRunError, run
+    from pipeline.runners.kubeflow import SubmitError
+
+    try:
+        result = run(args.package, args.param or [], engine=args.engine)
+    except (LocalRunError, SubmitError) as e:
+        print(f"tfx-transfer: error: {e}", file=sys.stderr)
+        return 1
+    seconds = sum(t["seconds"] for t in result["tasks"].values())
+    print(f"finished {result['run_dir']} ({seconds:.1f}s in tasks)")
     return 0
 
 
@@ -55,7 +75,8 @@ def register(subparsers) -> None:
     p.add_argument("--pipeline-root", dest="pipeline_root", required=True,
                    help="artefact root, e.g. gs://BUCKET/tfx-transfer")
     p.add_argument("--platform", choices=PLATFORMS, default="kubeflow",
-                   help="kubeflow: KFP 2.x backend (no Resolver); vertex: Vertex AI Pipelines")
+                   help="kubeflow: KFP 2.x backend (no Resolver); vertex: Vertex AI Pipelines; "
+                        "local: the kubeflow spec with a local root, for submit --local")
     p.add_argument("--data-layout", dest="data_layout", choices=["auto", "folders", "hash"],
                    help="folders (train/ + test/) or hash; auto lists the data folder now")
     p.add_argument("--beam-arg", dest="beam_args", action="append",
@@ -69,7 +90,13 @@ def register(subparsers) -> None:
 
     p = subparsers.add_parser("submit", help="start a run of a compiled pipeline on Kubeflow")
     p.add_argument("package", help="file written by tfx-transfer compile")
-    p.add_argument("--host", required=True, help="KFP API endpoint, e.g. http://localhost:8080")
+    p.add_argument("--host", help="KFP API endpoint, e.g. http://localhost:8080")
+    p.add_argument("--local", action="store_true",
+                   help="run it here, task by task, as the KFP v2 backend would (compile with "
+                        "--platform local)")
+    p.add_argument("--engine", default="process", choices=ENGINES,
+                   help="with --local: run each task in the image (podman, docker) or with "
+                        "this environment's Python (process)")
     p.add_argument("--namespace", help="Kubeflow profile namespace (multi-user installs)")
     p.add_argument("--experiment", help="experiment name (created when missing)")
     p.add_argument("--run-name", dest="run_name")

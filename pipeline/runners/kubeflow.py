@@ -24,15 +24,18 @@ destination, the projector settings, the Beam arguments and the image.
 from __future__ import annotations
 
 import json
+import os
 import tempfile
 from typing import Any, Dict, List, Optional, Tuple
 
 PARAM_DATA = "data_root"
 PARAM_CONFIG = "trainer_config"
-PLATFORMS = ("kubeflow", "vertex")
+PLATFORMS = ("kubeflow", "vertex", "local")
 # Where the KFP backend can keep artefacts (backend/src/v2/objectstore/config.go
 # rejects anything else); Vertex AI Pipelines takes gs:// only.
-ROOT_SCHEMES = {"kubeflow": ("gs://", "s3://", "minio://"), "vertex": ("gs://",)}
+ROOT_SCHEMES = {"kubeflow": ("gs://", "s3://", "minio://"), "vertex": ("gs://",),
+                # the KFP spec of "kubeflow", for `submit --local` (pipeline/kfp_local.py)
+                "local": ("/",)}
 
 
 class SubmitError(RuntimeError):
@@ -61,7 +64,7 @@ def build(config, pipeline_root: str, platform: str = "kubeflow"):
     from pipeline.runners import local
 
     changes: Dict[str, Any] = {}
-    if platform == "kubeflow":
+    if platform in ("kubeflow", "local"):
         # The KFP backend refuses Resolver tasks ("resolver executors not
         # implemented", backend/src/v2/compiler/argocompiler/dag.go).
         changes["baseline"] = False
@@ -88,7 +91,13 @@ def compile_pipeline(config, output: str, image: Optional[str] = None,
     if not image:
         _fail("--image", "the container image with this project (see Dockerfile) is required")
     root = check_pipeline_root(pipeline_root, platform)
-    pipeline = build(config.replace(image=image), root, platform)
+    # Tasks run in other working directories (a pod, a container): a local
+    # path the spec names must not depend on where compile ran.
+    local = {k: os.path.abspath(v) for k, v in (("data", config.data.data),
+                                                ("weights", config.model.weights),
+                                                ("serving_dir", config.deploy.serving_dir))
+             if v and os.path.exists(v)}
+    pipeline = build(config.replace(image=image, **local), root, platform)
     runner = tfx.orchestration.experimental.KubeflowV2DagRunner(
         config=tfx.orchestration.experimental.KubeflowV2DagRunnerConfig(
             default_image=image,

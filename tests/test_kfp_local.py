@@ -1,0 +1,198 @@
+"""submit --local (pipeline/runners/kfp_local.py): the KFP v2 contract on a small
+hand-written spec (fast), and the compiled pipeline of the bundled sample run
+task by task against a LocalDagRunner run of the same config (slow)."""
+import glob
+import json
+import os
+import subprocess
+
+import pytest
+
+from pipeline.runners import kfp_local
+
+# A task's program: reads the ExecutorInput ({{$}}), writes its output
+# artifact's file and an ExecutorOutput with metadata, as TFX's entrypoint does.
+STEP = r"""
+import json, os, sys
+ex = json.loads(sys.argv[1])
+art = ex["outputs"]["artifacts"]["out"]["artifacts"][0]
+got = ex["inputs"].get("artifacts", {}).get("inp")
+text = ex["inputs"]["parameterValues"]["word"]
+if got:
+    a = got["artifacts"][0]
+    text = open(os.path.join(a["uri"], "data")).read() + "+" + a["metadata"]["note"] + "+" + text
+if text == "fail":
+    sys.exit(3)
+os.makedirs(art["uri"], exist_ok=True)
+open(os.path.join(art["uri"], "data"), "w").write(text)
+with open(ex["outputs"]["outputFile"], "w") as f:
+    json.dump({"artifacts": {"out": {"artifacts": [dict(art, metadata={"note": "n-" + text})]}}}, f)
+print("ran", sys.argv[2])
+"""
+
+
+def spec(root, word="hello", cache=True):
+    component = {
+        "executorLabel": "exec",
+        "inputDefinitions": {"parameters": {"word": {"parameterType": "STRING"}}},
+        "outputDefinitions": {"artifacts": {"out": {"artifactType": {"schemaTitle": "system.Artifact"}}}},
+    }
+    second = json.loads(json.dumps(component))
+    second["executorLabel"] = "exec2"
+    second["inputDefinitions"]["artifacts"] = {"inp": {"artifactType": {"schemaTitle": "system.Artifact"}}}
+    container = {"image": "unused:tag", "command": ["python", "-c", STEP],
+                 "args": ["{{$}}", "{{$.pipeline_task_name}}"]}
+    task = {"cachingOptions": {"enableCache": cache}}
+    return {
+        "pipelineInfo": {"name": "tiny"},
+        "defaultPipelineRoot": str(root),
+        "root": {
+            "inputDefinitions": {"parameters": {"word": {"parameterType": "STRING",
+                                                         "defaultValue": word}}},
+            "dag": {"tasks": {
+                "second": dict(task, componentRef={"name": "comp-second"}, dependentTasks=["first"],
+                               taskInfo={"name": "second"},
+                               inputs={"artifacts": {"inp": {"taskOutputArtifact": {
+                                   "producerTask": "first", "outputArtifactKey": "out"}}},
+                                   "parameters": {"word": {"runtimeValue": {"constant": "const"}}}}),
+                "first": dict(task, componentRef={"name": "comp-first"}, taskInfo={"name": "first"},
+                              inputs={"parameters": {"word": {"componentInputParameter": "word"}}}),
+            }},
+        },
+        "components": {"comp-first": component, "comp-second": second},
+        "deploymentSpec": {"executors": {"exec": {"container": container},
+                                         "exec2": {"container": container}}},
+    }
+
+
+def write(tmp_path, **kw):
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps({"pipelineSpec": spec(tmp_path / "root", **kw), "runtimeConfig": {}}))
+    return str(path)
+
+
+def test_tasks_run_in_dag_order_and_hand_artifacts_downstream(tmp_path):
+    lines = []
+    result = kfp_local.run(write(tmp_path), ["word=hi"], echo=lines.append)
+    tasks = result["tasks"]
+    assert [l.split()[0] for l in lines[1:]] == ["first", "second"]
+    assert all(t["state"] == "SUCCEEDED" for t in tasks.values())
+    out = tasks["second"]["outputs"]["artifacts"]["out"]
+    # output URIs live under the pipeline root, one folder per run and task
+    assert out["uri"] == os.path.join(result["run_dir"], "second", "out")
+    assert result["run_dir"].startswith(str(tmp_path / "root") + os.sep)
+    # the upstream file, the metadata its executor reported, then this task's constant
+    assert open(os.path.join(out["uri"], "data")).read() == "hi+n-hi+const"
+    log = open(os.path.join(result["run_dir"], "first", kfp_local.LOG_FILE)).read()
+    assert "ran first" in log  # {{$.pipeline_task_name}} resolved
+
+
+def test_rerun_reuses_cached_tasks_and_a_changed_input_reruns(tmp_path):
+    package = write(tmp_path)
+    first = kfp_local.run(package, [], echo=lambda _: None)
+    again = kfp_local.run(package, [], echo=lambda _: None)
+    assert {t["state"] for t in again["tasks"].values()} == {"CACHED"}
+    assert again["tasks"]["second"]["outputs"] == first["tasks"]["second"]["outputs"]
+    changed = kfp_local.run(package, ["word=other"], echo=lambda _: None)
+    assert {t["state"] for t in changed["tasks"].values()} == {"SUCCEEDED"}
+    off = kfp_local.run(write(tmp_path, cache=False), [], echo=lambda _: None)
+    assert {t["state"] for t in off["tasks"].values()} == {"SUCCEEDED"}
+
+
+def test_a_failed_task_names_itself_and_its_log(tmp_path, capsys):
+    from pipeline.cli import main
+
+    rc = main(["submit", "--local", write(tmp_path), "--param", "word=fail"])
+    err = capsys.readouterr().err
+    assert rc == 1
+    assert "task first failed (exit code 3); log: " in err
+    log = err.split("log: ")[1].strip()
+    assert log.endswith(os.path.join("first", kfp_local.LOG_FILE)) and os.path.exists(log)
+
+
+def test_a_non_local_root_and_a_cycle_are_refused(tmp_path):
+    path = tmp_path / "p.json"
+    s = spec("gs://bucket/root")
+    path.write_text(json.dumps({"pipelineSpec": s}))
+    with pytest.raises(kfp_local.LocalRunError, match="--platform local"):
+        kfp_local.run(str(path), [])
+    with pytest.raises(kfp_local.LocalRunError, match="cycle"):
+        kfp_local.topological({"a": {"dependentTasks": ["b"]}, "b": {"dependentTasks": ["a"]}})
+
+
+def test_container_mounts_every_local_path_the_task_names(tmp_path):
+    data = tmp_path / "data"
+    (data / "train").mkdir(parents=True)
+    weights = tmp_path / "w.h5"
+    weights.write_text("")
+    cfg = json.dumps({"weights": str(weights), "inner": [str(data / "train")]})
+    paths = kfp_local.local_paths([str(data), cfg, str(tmp_path / "root" / "not-yet" / "x"),
+                                   "gs://bucket/x", "plain"])
+    # the missing output path mounts its nearest existing parent, which holds the rest
+    assert paths == [str(tmp_path)]
+    assert kfp_local.local_paths([str(data), str(weights)]) == [str(data), str(weights)]
+
+
+IMAGE = "tfx-transfer:dev"
+
+
+def run_compiled(config, tmp, engine):
+    """The tiny_run config compiled for KFP and run with submit --local."""
+    from pipeline.runners import kubeflow
+
+    package = str(tmp / "pipeline.json")
+    kubeflow.compile_pipeline(config.replace(output=str(tmp / "unused")), package, image=IMAGE,
+                              pipeline_root=str(tmp / "root"), platform="local")
+    return kfp_local.run(package, [], engine=engine)
+
+
+def check_matches_the_local_run(tiny_run, result):
+    import tensorflow as tf
+
+    from pipeline.runners.summary import read_evaluation
+
+    config, summary = tiny_run
+    tasks = result["tasks"]
+    assert set(tasks) >= {"ImageExampleGen", "Transform", "Trainer", "Evaluator", "Pusher"}
+    assert all(t["state"] == "SUCCEEDED" for t in tasks.values())
+    blessing = tasks["Evaluator"]["outputs"]["artifacts"]["blessing"]
+    assert os.path.exists(os.path.join(blessing["uri"], "BLESSED"))
+    pushed = tasks["Pusher"]["outputs"]["artifacts"]["pushed_model"]
+    assert pushed["metadata"]["pushed"] == 1
+    # TF Serving's layout: <serving dir>/<model name>/<numeric version>/saved_model.pb
+    version_dir = pushed["metadata"]["pushed_destination"]
+    assert os.path.basename(version_dir).isdigit()
+    assert os.path.basename(os.path.dirname(version_dir)) == config.deploy.model_name
+    model = tf.saved_model.load(version_dir)
+    files = sorted(glob.glob(os.path.join(config.data.data, "test", "*", "*.jpg")))[:4]
+    out = model.signatures["serving_images"](images=tf.constant([open(f, "rb").read()
+                                                                for f in files]))
+    assert {n.decode() for n in out["class_names"].numpy()} <= set(summary["classes"])
+    # the runs are deterministic: the same accuracy as the LocalDagRunner run
+    evaluation = read_evaluation(tasks["Evaluator"]["outputs"]["artifacts"]["evaluation"]["uri"],
+                                 summary["classes"])
+    assert evaluation["accuracy"] == pytest.approx(summary["metrics"]["accuracy"], abs=1e-6)
+    assert evaluation["example_count"] == summary["metrics"]["example_count"]
+
+
+# Nine tasks, each starting Python and TensorFlow: past the default timeout on a busy machine.
+@pytest.mark.timeout(3600)
+@pytest.mark.slow
+@pytest.mark.e2e
+def test_compiled_pipeline_runs_blessed_pushed_and_matches_the_local_run(tiny_run, tmp_path):
+    check_matches_the_local_run(tiny_run, run_compiled(tiny_run[0], tmp_path, "process"))
+
+
+@pytest.mark.timeout(3600)
+@pytest.mark.slow
+@pytest.mark.e2e
+@pytest.mark.podman
+def test_compiled_pipeline_runs_in_the_image_with_podman(tiny_run, tmp_path):
+    import shutil
+
+    if not shutil.which("podman"):
+        pytest.skip("podman is not installed (apt-get install -y podman runc)")
+    engine = os.path.join(os.path.dirname(os.path.dirname(__file__)), "k8s", "image", "engine.sh")
+    if subprocess.call([engine, "image", "exists", IMAGE]) != 0:
+        pytest.skip(f"no {IMAGE} image: make image")
+    check_matches_the_local_run(tiny_run, run_compiled(tiny_run[0], tmp_path, "podman"))
