@@ -34,7 +34,7 @@ from tensorflow.core.framework import types_pb2
 from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2,
                                      get_model_status_pb2, predict_pb2, regression_pb2)
 
-from serving import server as srv
+from serving import protocol
 
 log = logging.getLogger("tfx_transfer.serving.rest")
 
@@ -59,15 +59,15 @@ _NUMPY = {types_pb2.DT_FLOAT: np.float32, types_pb2.DT_DOUBLE: np.float64,
           types_pb2.DT_UINT8: np.uint8, types_pb2.DT_BOOL: np.bool_}
 
 
-def _bad(message: str) -> srv.RequestError:
-    return srv.RequestError(grpc.StatusCode.INVALID_ARGUMENT, message)
+def _bad(message: str) -> protocol.RequestError:
+    return protocol.RequestError(grpc.StatusCode.INVALID_ARGUMENT, message)
 
 
 class _Context:
     """What the gRPC servicers need of a context: abort() becomes a RequestError."""
 
     def abort(self, code, message):
-        raise srv.RequestError(code, message)
+        raise protocol.RequestError(code, message)
 
 
 # --------------------------------------------------------------------------
@@ -96,7 +96,7 @@ def _tensor(key: str, value, dtype: int):
             elif not isinstance(v, bytes):
                 raise _bad(f"input '{key}' takes strings (or {{\"{B64}\": ...}} for bytes), "
                            f"got {type(v).__name__}")
-        return srv.as_proto_field(array)
+        return protocol.as_proto_field(array)
     if dtype not in _NUMPY:
         raise _bad(f"input '{key}' has dtype {types_pb2.DataType.Name(dtype)}, which the "
                    "local REST API does not take; use gRPC")
@@ -105,7 +105,7 @@ def _tensor(key: str, value, dtype: int):
     except (TypeError, ValueError) as e:
         raise _bad(f"input '{key}' is not a {types_pb2.DataType.Name(dtype)} tensor: {e}") \
             from None
-    return srv.as_proto_field(array)
+    return protocol.as_proto_field(array)
 
 
 def predict_inputs(body: dict, sig) -> Dict[str, object]:
@@ -206,7 +206,8 @@ def _proto_json(message) -> dict:
 class RestApi:
     """The REST routes over the gRPC servicers: handle(method, path, body) -> (status, dict)."""
 
-    def __init__(self, prediction: srv.PredictionService, models: srv.ModelService):
+    def __init__(self, prediction, models):
+        # The server's PredictionService and ModelService servicers (serving/server.py).
         self.prediction, self.models = prediction, models
 
     @staticmethod
@@ -220,7 +221,7 @@ class RestApi:
     def handle(self, method: str, path: str, body: bytes):
         try:
             return 200, self._route(method, path.split("?")[0], body)
-        except srv.RequestError as e:
+        except protocol.RequestError as e:
             return HTTP_STATUS.get(e.code, 500), {"error": e.message}
 
     def _route(self, method, path, body):
@@ -261,7 +262,7 @@ class RestApi:
         request.model_spec.signature_name = str(body.get("signature_name", ""))
         # The signature's dtypes say how to read JSON numbers and strings.
         loaded = self.prediction.manager.resolve(request.model_spec)
-        name, sig = srv._signature(loaded, request.model_spec.signature_name)
+        name, sig = protocol.signature_of(loaded, request.model_spec.signature_name)
         request.model_spec.version.value = loaded.version  # the version whose dtypes were read
         for key, proto in predict_inputs(body, sig).items():
             request.inputs[key].CopyFrom(proto)

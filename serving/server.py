@@ -30,7 +30,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from modules import keras_compat  # noqa: F401
 import tensorflow as tf
-from tensorflow.core.framework import tensor_pb2, types_pb2
+from tensorflow.core.framework import types_pb2
 from tensorflow.core.protobuf import saved_model_pb2
 from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2,
                                      get_model_status_pb2, model_service_pb2_grpc,
@@ -38,22 +38,17 @@ from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2,
 
 from modules import image_budget
 from serving import signatures as sigs
+from serving.protocol import (DEFAULT_SIGNATURE, RequestError, as_proto_field,  # noqa: F401
+                              signature_of as _signature)
 from serving import warmup as warmup_file
 
 log = logging.getLogger("tfx_transfer.serving")
 
-DEFAULT_SIGNATURE = sigs.SERVING_DEFAULT  # what TF Serving uses when the request names none
 PREDICTION_SERVICE = "tensorflow.serving.PredictionService"
 MODEL_SERVICE = "tensorflow.serving.ModelService"
 State = get_model_status_pb2.ModelVersionStatus.State
 _VERSION_NAME = re.compile(r"[0-9]+")
 _CODES = {c.value[0]: c for c in grpc.StatusCode}
-
-
-class RequestError(Exception):
-    def __init__(self, code: grpc.StatusCode, message: str):
-        super().__init__(message)
-        self.code, self.message = code, message
 
 
 def _dtype_name(dtype: int) -> str:
@@ -71,39 +66,6 @@ def _tf_message(e: tf.errors.OpError) -> str:
         ("Graph execution error", "Detected at node", "<stack traces", "[[{{node"))]
     text = " ".join(useful) or type(e).__name__
     return text.split(" [Op:")[0].split("\t [[")[0].strip()
-
-
-# TF Serving answers Predict with Tensor::AsProtoField (servables/tensorflow/
-# predict_util.cc, PostProcessPredictionResult under its default option
-# kAsProtoField): the values go into the dtype's repeated field, never into
-# tensor_content, so a client reading float_val gets them.
-_PROTO_FIELDS = {
-    np.dtype(np.float32): "float_val", np.dtype(np.float64): "double_val",
-    np.dtype(np.int8): "int_val", np.dtype(np.int16): "int_val", np.dtype(np.int32): "int_val",
-    np.dtype(np.uint8): "int_val", np.dtype(np.uint16): "int_val",
-    np.dtype(np.int64): "int64_val", np.dtype(np.uint32): "uint32_val",
-    np.dtype(np.uint64): "uint64_val", np.dtype(np.bool_): "bool_val",
-}
-
-
-def as_proto_field(value) -> tensor_pb2.TensorProto:
-    """An output array as TF Serving encodes it (see _PROTO_FIELDS)."""
-    value = np.asarray(value)
-    if value.dtype.kind in "OSU":
-        dtype, field = types_pb2.DT_STRING, "string_val"
-        values = [v if isinstance(v, bytes) else str(v).encode() for v in value.reshape(-1)]
-    elif value.dtype == np.float16:  # half_val holds the bits
-        dtype, field, values = types_pb2.DT_HALF, "half_val", value.view(np.uint16).reshape(-1)
-    elif value.dtype in _PROTO_FIELDS:
-        dtype = tf.as_dtype(value.dtype).as_datatype_enum
-        field, values = _PROTO_FIELDS[value.dtype], value.reshape(-1)
-    else:
-        return tf.make_tensor_proto(value)
-    proto = tensor_pb2.TensorProto(dtype=dtype)
-    for d in value.shape:
-        proto.tensor_shape.dim.add(size=d)
-    getattr(proto, field).extend(values.tolist() if isinstance(values, np.ndarray) else values)
-    return proto
 
 
 # --------------------------------------------------------------------------
@@ -356,17 +318,6 @@ class VersionManager:
 
 # --------------------------------------------------------------------------
 # Request checks
-def _signature(loaded: LoadedVersion, name: str):
-    name = name or DEFAULT_SIGNATURE
-    if name not in loaded.signature_defs:
-        # FAILED_PRECONDITION as TF Serving's RunPredict (servables/tensorflow/predict_util.cc).
-        raise RequestError(grpc.StatusCode.FAILED_PRECONDITION,
-                           f"Serving signature key \"{name}\" not found in version "
-                           f"{loaded.version}; it has: "
-                           f"{', '.join(sorted(loaded.signature_defs))}")
-    return name, loaded.signature_defs[name]
-
-
 def _describe(info) -> str:
     return f"{_dtype_name(info.dtype)} {_shape_of(info.tensor_shape)}"
 
