@@ -368,7 +368,8 @@ def test_piped_run_prints_few_lines_and_logs_everything(tmp_path):
     out = tmp_path / "run"
     proc = subprocess.run([sys.executable, "-m", "pipeline.cli", "run", "--data", SAMPLE,
                            "--weights", "none", "--image-size", "32", "--epochs", "3",
-                           "--output", str(out)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                           # epochs to show: the default probe is solved, not trained by epochs
+                           "--set", "probe_solver=sgd", "--output", str(out)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                           text=True, cwd=REPO, env=_env(), timeout=1500)
     assert proc.returncode == 0, proc.stdout[-3000:]
     lines = proc.stdout.splitlines()
