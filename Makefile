@@ -26,9 +26,11 @@ demo: venv
 test: venv
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-# pytest exits 5 when no test is selected; that is not a failure here.
+# pytest exits 5 when no test is selected; that is not a failure here. The
+# podman run of the compiled pipeline is opt-in (.ci/run with CI_PODMAN=1):
+# on vfs storage each task's container copies the 4 GB image.
 test-slow: venv
-	$(BIN)/python -m pytest -m slow $(PYTEST_ARGS) || [ $$? -eq 5 ]
+	$(BIN)/python -m pytest -m "slow and not podman" $(PYTEST_ARGS) || [ $$? -eq 5 ]
 
 test-all: venv
 	$(BIN)/python -m pytest -m "" $(PYTEST_ARGS)
