@@ -68,7 +68,8 @@ def _executions(output):
 
 def _kill_then_rerun(output, where):
     from ml_metadata.proto import metadata_store_pb2 as pb
-    from pipeline import run_lock, runners
+    from pipeline import run_lock
+    from pipeline.runners import local as runners
 
     child = subprocess.run([sys.executable, "-c", CHILD, where, str(output)], cwd=REPO,
                            env={**os.environ, "PYTHONPATH": REPO}, capture_output=True, text=True)

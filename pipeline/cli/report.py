@@ -5,6 +5,7 @@ import os
 from collections import Counter
 from typing import Any, Dict, List, Optional
 
+from modules import contract
 from pipeline.preflight import IGNORED_FILE
 from pipeline.cli.progress import LOG_DIR, RUN_LOG, seconds
 
@@ -79,7 +80,7 @@ def result_block(summary: Dict[str, Any], output: str) -> str:
         reasons = Counter(plain_reason(s.get("reason", "")) for s in skipped)
         lines.append(f"  skipped {len(skipped)} files ("
                      + ", ".join(f"{n} {r}" for r, n in reasons.most_common())
-                     + f"): {os.path.join(examples, 'skipped_files.json')}")
+                     + f"): {os.path.join(examples, contract.SKIPPED_FILES_FILE)}")
     if summary.get("ignored_files"):
         lines.append(f"  ignored {summary['ignored_files']} files that are not images by name: "
                      f"{os.path.join(output, IGNORED_FILE)}")
@@ -89,8 +90,10 @@ def result_block(summary: Dict[str, Any], output: str) -> str:
                      + (f"; total {seconds(timings['total_wall'])}" if "total_wall" in timings else ""))
     model = (summary.get("artifacts", {}).get("Trainer", {}).get("model") or [None])[0]
     pushed = summary.get("pushed_model_dir")
-    lines.append(f"  model:   {pushed or model or '–'}" + ("" if pushed else "  (not pushed)"))
-    lines.append(f"  summary: {os.path.join(output, 'summary.json')}")
+    result = summary.get("push_result")  # "pushed as version N" / "already serving as version N"
+    lines.append(f"  model:   {pushed or model or '–'}"
+                 + (f"  ({result})" if pushed and result else "" if pushed else "  (not pushed)"))
+    lines.append(f"  summary: {os.path.join(output, contract.SUMMARY_FILE)}")
     figures = [p for p in (os.path.join(output, "confusion_matrix.png"),) if os.path.exists(p)]
     files = (summary.get("projector") or {}).get("files") or {}
     figures += [files[k] for k in ("figure", "report") if k in files]
