@@ -116,8 +116,11 @@ def fn_args_file(artefacts, out_dir, **overrides):
     model, model_run = standard_artifacts.Model(), standard_artifacts.ModelRun()
     model.uri, model_run.uri = str(out_dir / "model"), str(out_dir / "model_run")
     exec_properties = dict(artefacts["exec_properties"])
-    cfg = json.loads(exec_properties["custom_config"])
-    cfg.update(overrides)
+    from modules.config import TrainingConfig
+
+    cfg = json.loads(exec_properties["custom_config"])  # sectioned: model, training
+    for key, value in overrides.items():
+        cfg["training" if key in TrainingConfig.field_names() else "model"][key] = value
     exec_properties["custom_config"] = json.dumps(cfg)
     path = str(out_dir / "fn_args.json")
     worker_main.dump(artefacts["inputs"], {"model": [model], "model_run": [model_run]},
