@@ -20,12 +20,13 @@ from typing import Dict, List, Optional, Tuple
 
 from components import file_kinds
 from pipeline.config import ConfigError, RunConfig
+from pipeline.data_sources import EVAL_DIRS, TRAIN_DIRS
 
 IGNORED_FILE = "ignored_files.json"  # <output>/: files left out as not images
 BACKBONE_LAYERS_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)),
                                     "backbone_weight_layers.json")
-# Same split folders as components/image_example_gen.py (not imported: it imports TF).
-TRAIN_DIR, EVAL_DIRS = "train", ("test", "eval")
+# The split folders data_sources routes by (it imports TensorFlow only when it lists).
+TRAIN_DIR = TRAIN_DIRS[0]
 LAYOUT_HINT = "expected DIR/<class>/<image> or DIR/train/<class>/<image> + DIR/test/<class>/<image>"
 
 
