@@ -1,7 +1,7 @@
 # The one image of the pipeline: every component on Kubeflow Pipelines / Vertex
 # AI and every TFJob training worker runs it. The project's code is installed
-# in it (the pipeline names modules.trainer.run_fn and
-# modules.transform.preprocessing_fn by import path), so nothing is built or
+# in it (the pipeline names tfx_transfer.modules.trainer.run_fn and
+# tfx_transfer.modules.transform.preprocessing_fn by import path), so nothing is built or
 # uploaded at run time.
 #
 #   docker build -t REGISTRY/tfx-transfer:TAG .
@@ -35,8 +35,8 @@ COPY serving/ serving/
 RUN --mount=type=bind,target=/context \
     python -m pip install --no-cache-dir $PIP_ARGS -c constraints.txt setuptools wheel \
  && python -m pip install --no-cache-dir $PIP_ARGS -c constraints.txt . \
- && python -c "import pipeline.runners.kubeflow, components.tfjob_worker, components.tfjob_trainer, \
-modules.trainer, modules.transform, components.image_example_gen"
+ && python -c "import tfx_transfer.pipeline.runners.kubeflow, tfx_transfer.components.tfjob_worker, tfx_transfer.components.tfjob_trainer, \
+tfx_transfer.modules.trainer, tfx_transfer.modules.transform, tfx_transfer.components.image_example_gen"
 
 # Unprivileged, as the TFJob pods require (runAsUser 1000, read-only root
 # filesystem: HOME and /tmp are the writable places).

@@ -71,7 +71,7 @@ def run_cli(tree: str, flags, timeout: float):
     env = dict(os.environ, PYTHONPATH=tree, TF_USE_LEGACY_KERAS="1")
     start = time.time()
     try:
-        proc = subprocess.run([sys.executable, "-m", "pipeline.cli", "run", *flags], cwd=tree,
+        proc = subprocess.run([sys.executable, "-m", "tfx_transfer.pipeline.cli", "run", *flags], cwd=tree,
                               env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                               text=True, timeout=timeout)
         rc, text = proc.returncode, proc.stdout

@@ -35,8 +35,8 @@ RESULTS = os.path.join(REPO, "benchmarks", "results", "image_bombs.json")
 
 RUN = """
 import json, sys
-from pipeline.config import RunConfig
-from pipeline.runners import local as runners
+from tfx_transfer.pipeline.config import RunConfig
+from tfx_transfer.pipeline.runners import local as runners
 config = RunConfig.from_dict(dict(
     data=sys.argv[1], output=sys.argv[2], backbone="MobileNetV2", weights="none", image_size=32,
     epochs=2, batch_size=32, projector=False, min_accuracy=0.0, max_accuracy_drop=1.0,
@@ -72,8 +72,8 @@ def server_costs(model_base: str, bombs: dict, good: bytes) -> list:
     import grpc
     from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
-    from serving import signatures as sigs
-    from serving.server import ModelServer
+    from tfx_transfer.serving import signatures as sigs
+    from tfx_transfer.serving.server import ModelServer
 
     rows = []
     with ModelServer(model_base, "classifier", port=0) as server:

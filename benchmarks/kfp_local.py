@@ -15,7 +15,7 @@ import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
-from modules import keras_compat  # noqa: F401,E402  (Keras 2 before TensorFlow loads)
+from tfx_transfer.modules import keras_compat  # noqa: F401,E402  (Keras 2 before TensorFlow loads)
 
 
 def main() -> int:
@@ -27,10 +27,10 @@ def main() -> int:
     args = p.parse_args()
     engines = args.engine or ["process"]
 
-    from pipeline.runners import kfp_local, kubeflow
-    from pipeline.runners import local as runners
-    from pipeline.config import RunConfig
-    from pipeline.runners.summary import read_evaluation
+    from tfx_transfer.pipeline.runners import kfp_local, kubeflow
+    from tfx_transfer.pipeline.runners import local as runners
+    from tfx_transfer.pipeline.config import RunConfig
+    from tfx_transfer.pipeline.runners.summary import read_evaluation
 
     work = tempfile.mkdtemp(prefix="kfp_local_bench_")
     config = RunConfig.load(args.config, output=os.path.join(work, "local"))

@@ -15,7 +15,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from modules import keras_compat  # noqa: F401,E402
+from tfx_transfer.modules import keras_compat  # noqa: F401,E402
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402

@@ -26,7 +26,7 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
-from modules import keras_compat  # noqa: F401,E402
+from tfx_transfer.modules import keras_compat  # noqa: F401,E402
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402  (imported here, not inside the sgd row's timing)
@@ -51,7 +51,7 @@ def peer(x, y, xt, yt):
 
 
 def sgd(x, y, xt, yt, settings):
-    from modules import trainer
+    from tfx_transfer.modules import trainer
 
     cfg = dict(dropout=0.2, hidden_units=0, optimizer="adamw", weight_decay=1e-4,
                learning_rate=1e-3, warmup_epochs=0.0, cosine_decay=True, clipnorm=None,
@@ -70,7 +70,7 @@ def sgd(x, y, xt, yt, settings):
 
 
 def lbfgs(x, y, xt, yt):
-    from modules import probe_solver
+    from tfx_transfer.modules import probe_solver
 
     r = probe_solver.solve(x, y, int(y.max()) + 1)
     pred = (xt @ r["kernel"] + r["bias"]).argmax(1)

@@ -20,7 +20,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from components import projections  # noqa: E402
+from tfx_transfer.components import projections  # noqa: E402
 
 import numpy as np  # noqa: E402
 

@@ -4,7 +4,7 @@
 
 For batch sizes 1, 8, 32 and 1 or 8 concurrent clients it measures, in the same
 run, (a) calling the `serving_images` signature in this process and (b) the
-same images through ServingClient -> `python -m pipeline.cli serve` (its own
+same images through ServingClient -> `python -m tfx_transfer.pipeline.cli serve` (its own
 process, over real gRPC on 127.0.0.1). The figure is the ratio of the p50s
 (goal at batch 1: <= 1.5x). The two are measured cell by cell, alternately, so
 that load from other jobs on the machine hits both alike. Without
@@ -28,7 +28,7 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from modules import contract, keras_compat  # noqa: E402,F401
+from tfx_transfer.modules import contract, keras_compat  # noqa: E402,F401
 import numpy as np  # noqa: E402
 
 RESULTS = os.path.join(REPO, "benchmarks", "results")
@@ -43,7 +43,7 @@ def sample_images():
 def tiny_model(workdir):
     sys.path.insert(0, os.path.join(REPO, "tests"))
     from conftest import tiny_config
-    from pipeline.runners import local as runners
+    from tfx_transfer.pipeline.runners import local as runners
 
     config = tiny_config(workdir)
     runners.run(config)
@@ -99,7 +99,7 @@ def summary(latencies, wall, images):
 def start_server(base, name, max_batch):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "pipeline.cli", "serve", "--model-base-path", base,
+        [sys.executable, "-m", "tfx_transfer.pipeline.cli", "serve", "--model-base-path", base,
          "--model-name", name, "--port", "0", "--host", "127.0.0.1",
          "--max-batch-size", str(max_batch), "--max-workers", "16"],
         cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
@@ -124,7 +124,7 @@ def main(argv=None):
 
     import tensorflow as tf
 
-    from serving.client import ServingClient
+    from tfx_transfer.serving.client import ServingClient
 
     base = args.model_base_path or tiny_model(tempfile.mkdtemp(prefix="serving_bench_"))
     base = os.path.abspath(base.rstrip("/"))

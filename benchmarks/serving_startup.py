@@ -43,10 +43,10 @@ MODES = (("none", "session"), ("file", "session"), ("png", "session"), ("file", 
 CHILD = r"""
 import json, sys, time
 t0 = time.perf_counter()
-from modules import keras_compat
+from tfx_transfer.modules import keras_compat
 import numpy as np
 import tensorflow as tf
-from serving import server
+from tfx_transfer.serving import server
 imported = time.perf_counter() - t0
 path, mode, loader, images = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
 jpegs = [open(f, "rb").read() for f in images]
@@ -97,8 +97,8 @@ def load_trials(model_dir, trials, files):
 
 
 def transport(model_dir, rounds, per_round, files):
-    from serving.client import ServingClient
-    from serving.rest_client import RestClient
+    from tfx_transfer.serving.client import ServingClient
+    from tfx_transfer.serving.rest_client import RestClient
 
     base = tempfile.mkdtemp(prefix="serving_startup_")
     os.symlink(os.path.abspath(model_dir), os.path.join(base, "1"))
@@ -174,12 +174,12 @@ def main(argv=None):
     ap.add_argument("--out", default=os.path.join(RESULTS, "serving_startup"))
     args = ap.parse_args(argv)
 
-    from modules import keras_compat  # noqa: F401
+    from tfx_transfer.modules import keras_compat  # noqa: F401
 
     files = images()
     load_before = os.getloadavg()
-    from modules import contract
-    from serving import warmup
+    from tfx_transfer.modules import contract
+    from tfx_transfer.serving import warmup
 
     model_dir = os.path.abspath(args.model_dir)
     if not os.path.exists(warmup.warmup_path(model_dir)):

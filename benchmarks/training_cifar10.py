@@ -25,7 +25,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path.insert(0, REPO)
 
-from modules import contract  # noqa: E402
+from tfx_transfer.modules import contract  # noqa: E402
 
 ROWS = {
     # name: (description, config overrides)

@@ -1,5 +1,5 @@
 """Custom TFX components."""
-from modules import keras_compat  # noqa: F401  (Keras 2 before TensorFlow loads)
+from tfx_transfer.modules import keras_compat  # noqa: F401  (Keras 2 before TensorFlow loads)
 
 
 def __getattr__(name):
@@ -7,7 +7,7 @@ def __getattr__(name):
     # name, components.EmbeddingProjection; imported on demand so that other
     # `components.*` imports do not load TFX.
     if name == "EmbeddingProjection":
-        from components.embedding_projector import EmbeddingProjection
+        from tfx_transfer.components.embedding_projector import EmbeddingProjection
 
         return EmbeddingProjection
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -26,8 +26,8 @@ from tfx.types import artifact_utils, standard_artifacts
 from tfx.types.component_spec import ChannelParameter, ExecutionParameter
 from tfx.utils import io_utils
 
-from modules import contract
-from modules.contract import FILENAME_KEY, IMAGE_KEY, LABEL_KEY
+from tfx_transfer.modules import contract
+from tfx_transfer.modules.contract import FILENAME_KEY, IMAGE_KEY, LABEL_KEY
 
 log = logging.getLogger("tfx_transfer.projector")
 
@@ -50,7 +50,7 @@ class EmbeddingProjection(types.Artifact):
     # its type name (kubeflow_v2_entrypoint_utils._retrieve_class_path), and
     # its compiler takes only `module.Class` names: components/__init__.py
     # provides this one.
-    TYPE_NAME = "components.EmbeddingProjection"
+    TYPE_NAME = "tfx_transfer.components.EmbeddingProjection"
 
 
 class EmbeddingProjectorSpec(types.ComponentSpec):
@@ -95,7 +95,7 @@ def read_sample(files: List[str], num_samples: int, seed: int):
     import numpy as np
     import tensorflow as tf
 
-    from components import projections
+    from tfx_transfer.components import projections
 
     spec = {LABEL_KEY: tf.io.FixedLenFeature([], tf.string, default_value="")}
     labels = []
@@ -139,7 +139,7 @@ def module_config(model_uri: str):
     """The model and training config the Trainer used (written beside the model)."""
     import tensorflow as tf
 
-    from modules.config import ModuleConfig
+    from tfx_transfer.modules.config import ModuleConfig
 
     with tf.io.gfile.GFile(os.path.join(model_uri, contract.MODULE_CONFIG_FILE)) as f:
         return ModuleConfig.from_custom_config(json.load(f))
@@ -149,12 +149,12 @@ def embed_before(model_uri: str, transform_graph_uri: str, images: List[bytes], 
     """Embeddings of the backbone the Trainer started from, pooled its way,
     on the Transform's preprocessed images."""
     import numpy as np
-    from modules import keras_compat  # noqa: F401
+    from tfx_transfer.modules import keras_compat  # noqa: F401
     import tensorflow as tf
     import tensorflow_transform as tft
     import tf_keras as keras
 
-    from modules import backbones
+    from tfx_transfer.modules import backbones
 
     mc = module_config(model_uri)
     size = mc.model.image_size
@@ -186,7 +186,7 @@ def project_and_report(out_dir: str, before, after, filenames: List[str], labels
     """Projections, metrics and every output file of one run; returns metrics."""
     import numpy as np
 
-    from components import projections as P
+    from tfx_transfer.components import projections as P
 
     metrics: Dict[str, Any] = dict(extra)
     timings = metrics.setdefault("timings_s", {})
@@ -240,7 +240,7 @@ class Executor(base_executor.BaseExecutor):
         import tensorflow as tf
         import tensorflow_transform as tft
 
-        from components import projections as P
+        from tfx_transfer.components import projections as P
 
         t0 = time.perf_counter()
         examples = artifact_utils.get_single_instance(input_dict[EXAMPLES_KEY])

@@ -27,8 +27,8 @@ from tfx.types import artifact_utils, standard_component_specs
 from tfx.utils import io_utils, proto_utils
 from google.protobuf import json_format, struct_pb2
 
-from components import file_kinds
-from modules import contract, image_budget
+from tfx_transfer.components import file_kinds
+from tfx_transfer.modules import contract, image_budget
 
 # Keys of exec_properties the executor adds for the Beam transform.
 _REPORT_DIR = "_tfx_transfer_report_dir"

@@ -5,7 +5,7 @@ config.tfjob_workers > 0) does not train in its own pod. It writes the
 executor's inputs, outputs and exec properties next to the model run
 (components/tfjob_worker.py reads them back into the FnArgs the Trainer would
 have built), creates a TFJob of N workers running `python -m
-components.tfjob_worker` in the pipeline's image, follows the job's status until
+tfx_transfer.components.tfjob_worker` in the pipeline's image, follows the job's status until
 it finishes, and fails with the job's reason (and the chief's last log lines)
 when it fails. The Training Operator sets TF_CONFIG in each worker, so
 run_fn trains under MultiWorkerMirroredStrategy and worker 0 writes the model.
@@ -30,14 +30,14 @@ from tfx.dsl.io import fileio
 from tfx.types import artifact_utils, standard_component_specs
 from tfx.utils import json_utils, path_utils
 
-from modules.contract import TFJOB_CONFIG_KEY as CONFIG_KEY
+from tfx_transfer.modules.contract import TFJOB_CONFIG_KEY as CONFIG_KEY
 
 log = logging.getLogger("tfx_transfer.tfjob")
 
 GROUP, VERSION, PLURAL, KIND = "kubeflow.org", "v1", "tfjobs", "TFJob"
 # The Training Operator finds the TensorFlow container of a replica by this name.
 CONTAINER_NAME = "tensorflow"
-WORKER_COMMAND = ["python", "-m", "components.tfjob_worker"]
+WORKER_COMMAND = ["python", "-m", "tfx_transfer.components.tfjob_worker"]
 # The image's unprivileged user (Dockerfile); its home and /tmp are the only writable paths.
 RUN_AS_UID, HOME = 1000, "/home/tfx"
 # Small: config, logs, Keras caches. /tmp holds checkpoints and is sized by the config.
@@ -204,7 +204,7 @@ class Executor(GenericExecutor):
     poll_seconds = 15
 
     def Do(self, input_dict, output_dict, exec_properties: Dict[str, Any]) -> None:
-        from components import tfjob_worker
+        from tfx_transfer.components import tfjob_worker
 
         self._log_startup(input_dict, output_dict, exec_properties)
         custom_config = json_utils.loads(

@@ -1,6 +1,6 @@
 """One training worker: the Trainer's run_fn on serialized executor inputs.
 
-    python -m components.tfjob_worker --fn-args gs://.../fn_args.json
+    python -m tfx_transfer.components.tfjob_worker --fn-args gs://.../fn_args.json
 
 This is what each TFJob worker runs (components/tfjob_trainer.py writes the
 file), and what the multi-worker tests start on localhost. The file holds the
@@ -19,7 +19,7 @@ import os
 import sys
 from typing import Any, Dict, List, Optional
 
-from modules import keras_compat  # noqa: F401
+from tfx_transfer.modules import keras_compat  # noqa: F401
 
 log = logging.getLogger("tfx_transfer.worker")
 
@@ -57,7 +57,7 @@ def run(path: str) -> None:
     from tfx.components.util import udf_utils
     from tfx.dsl.io import fileio
 
-    from modules import trainer
+    from tfx_transfer.modules import trainer
 
     input_dict, output_dict, exec_properties = load(path)
     fn_args = fn_args_from(input_dict, output_dict, exec_properties)
@@ -71,9 +71,9 @@ def run(path: str) -> None:
 def main(argv: Optional[List[str]] = None) -> int:
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    parser = argparse.ArgumentParser(prog="python -m components.tfjob_worker")
+    parser = argparse.ArgumentParser(prog="python -m tfx_transfer.components.tfjob_worker")
     parser.add_argument("--fn-args", required=True, dest="fn_args",
-                        help="JSON written by components.tfjob_worker.dump (local path or gs://)")
+                        help="JSON written by tfx_transfer.components.tfjob_worker.dump (local path or gs://)")
     args = parser.parse_args(argv)
     run(args.fn_args)
     return 0

@@ -45,14 +45,14 @@ class Backbone:
     # ------------------------------------------------------------------
     @property
     def constructor(self) -> Callable:
-        from modules import keras_compat  # noqa: F401  (selects tf_keras)
+        from tfx_transfer.modules import keras_compat  # noqa: F401  (selects tf_keras)
         import tf_keras
 
         return getattr(tf_keras.applications, self.name)
 
     @property
     def preprocess_input(self) -> Callable:
-        from modules import keras_compat  # noqa: F401
+        from tfx_transfer.modules import keras_compat  # noqa: F401
         import tf_keras
 
         return getattr(tf_keras.applications, self.module).preprocess_input
@@ -197,7 +197,7 @@ def keras_cache_dir() -> str:
 
 def wanted_weights_file(backbone: Backbone, image_size: Optional[int] = None):
     """(file name, URL) that tf_keras would fetch for ImageNet weights, without fetching."""
-    from modules import keras_compat  # noqa: F401
+    from tfx_transfer.modules import keras_compat  # noqa: F401
     from tf_keras.src.utils import data_utils
 
     real = data_utils.get_file
@@ -242,7 +242,7 @@ def resolve_weights(name: str, image_size: Optional[int], weights: Optional[str]
         if os.path.isfile(path):
             return "imagenet" if candidate == fname else path
     try:
-        from modules import keras_compat  # noqa: F401
+        from tfx_transfer.modules import keras_compat  # noqa: F401
         from tf_keras.src.utils import data_utils
 
         data_utils.get_file(fname, origin, cache_subdir="models")

@@ -164,7 +164,7 @@ class ModelConfig(Section):
     hidden_units: int = value(0, lo=0, doc="0: the head is pooling -> dropout -> dense")
 
     def check(self):
-        from modules import backbones  # the registry: no TensorFlow import
+        from tfx_transfer.modules import backbones  # the registry: no TensorFlow import
 
         if self.backbone not in backbones.names():
             close = backbones.closest(self.backbone)
@@ -248,7 +248,7 @@ class ModuleConfig:
         """Parses a Transform's or Trainer's custom_config (a dict, or its JSON)."""
         if isinstance(custom_config, str):
             custom_config = json.loads(custom_config)
-        from modules.contract import TFJOB_CONFIG_KEY
+        from tfx_transfer.modules.contract import TFJOB_CONFIG_KEY
 
         custom_config = dict(custom_config or {})
         known = ["model", "training", TFJOB_CONFIG_KEY]

@@ -21,7 +21,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from modules.config import TrainingConfig
+from tfx_transfer.modules.config import TrainingConfig
 
 log = logging.getLogger("tfx_transfer.probe_solver")
 

@@ -1,6 +1,6 @@
 """Trainer module: probe, fine-tune, or probe-then-fine-tune a pretrained backbone.
 
-Entry point for TFX: ``run_fn='modules.trainer.run_fn'``.
+Entry point for TFX: ``run_fn='tfx_transfer.modules.trainer.run_fn'``.
 
 The linear probe pays for the backbone once: pooled backbone features of
 every example are computed in one pass, cached on disk (streamed, never the
@@ -18,13 +18,13 @@ import os
 import time
 from typing import Any, Dict, List, Optional, Tuple
 
-from modules import keras_compat  # noqa: F401
+from tfx_transfer.modules import keras_compat  # noqa: F401
 import tensorflow as tf
 import tensorflow_transform as tft
 import tf_keras as keras
 
-from modules import backbones, contract, probe_solver, progress_events, warmup
-from modules.config import ModelConfig, ModuleConfig, TrainingConfig
+from tfx_transfer.modules import backbones, contract, probe_solver, progress_events, warmup
+from tfx_transfer.modules.config import ModelConfig, ModuleConfig, TrainingConfig
 
 log = logging.getLogger("tfx_transfer.trainer")
 SHUFFLE_BUFFER = 10_000  # examples (encoded images, or pooled features: ~50 MB at 1280-d)

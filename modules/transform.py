@@ -11,9 +11,9 @@ from typing import Dict
 import tensorflow as tf
 import tensorflow_transform as tft
 
-from modules import backbones
-from modules.config import ModuleConfig
-from modules.contract import IMAGE_KEY, LABEL_ID_KEY, LABEL_KEY, LABEL_VOCAB
+from tfx_transfer.modules import backbones
+from tfx_transfer.modules.config import ModuleConfig
+from tfx_transfer.modules.contract import IMAGE_KEY, LABEL_ID_KEY, LABEL_KEY, LABEL_VOCAB
 
 
 def decode_and_resize(encoded: tf.Tensor, size: int) -> tf.Tensor:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 from typing import Dict, Iterable, List, Sequence, Tuple
 
-from modules import contract
+from tfx_transfer.modules import contract
 
 # Batch sizes replayed per signature: the first request of a new batch size
 # still pays for some kernel set-up, so a single and a small batch.

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from typing import Any, Dict
 
-from pipeline.config import RunConfig
-from pipeline.preflight import majority_baseline
+from tfx_transfer.pipeline.config import RunConfig
+from tfx_transfer.pipeline.preflight import majority_baseline
 
 # A model that ties the majority class has not beaten it (TFMA passes ties).
 MARGIN = 1e-6

@@ -19,7 +19,7 @@ import os
 import re
 from typing import Any, Dict, List, Literal, Mapping, Optional, Tuple
 
-from modules.config import (AUGMENTATIONS, MODES, ConfigError, ModelConfig,  # noqa: F401
+from tfx_transfer.modules.config import (AUGMENTATIONS, MODES, ConfigError, ModelConfig,  # noqa: F401
                             ModuleConfig, Section, TrainingConfig, fail, unknown_fields_message,
                             value)
 
@@ -56,7 +56,7 @@ class DataConfig(Section):
     max_image_mb: int = value(256, lo=1, doc="largest decoded size of all frames, in MiB")
 
     def image_budget(self) -> Dict[str, int]:
-        """modules.image_budget.ImageBudget fields."""
+        """tfx_transfer.modules.image_budget.ImageBudget fields."""
         return {"max_pixels": self.max_image_pixels, "max_frames": self.max_image_frames,
                 "max_decoded_bytes": self.max_image_mb << 20}
 

@@ -20,8 +20,8 @@ import logging
 import os
 from typing import Optional
 
-from modules import contract
-from pipeline.config import RunConfig
+from tfx_transfer.modules import contract
+from tfx_transfer.pipeline.config import RunConfig
 
 log = logging.getLogger("tfx_transfer")
 TRAIN_DIRS = ("train",)
@@ -86,7 +86,7 @@ def tfrecord_splits(data: str, eval_fraction: float):
     file name splits the records like an image folder."""
     from tfx.proto import example_gen_pb2
 
-    from components.image_example_gen import hash_split_config
+    from tfx_transfer.components.image_example_gen import hash_split_config
 
     if is_glob(data):
         base, pattern = os.path.split(data)
@@ -115,7 +115,7 @@ def image_splits(data_dir: str, eval_fraction: float = 0.2, layout: str = "auto"
     """
     from tfx.proto import example_gen_pb2
 
-    from components.image_example_gen import hash_split_config
+    from tfx_transfer.components.image_example_gen import hash_split_config
 
     if layout == "folders":
         subdirs = {TRAIN_DIRS[0], EVAL_DIRS[0]}
@@ -148,7 +148,7 @@ def example_gen(config: RunConfig, data_root=None):
     that replaces the folder at run time (its layout is that of config's data)."""
     from tfx import v1 as tfx
 
-    from components.image_example_gen import ImageExampleGen
+    from tfx_transfer.components.image_example_gen import ImageExampleGen
 
     d = config.data
     if is_tfrecord_input(d.data):

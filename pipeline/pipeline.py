@@ -14,15 +14,15 @@ from typing import Any, List, Optional
 import tensorflow_model_analysis as tfma
 from tfx import v1 as tfx
 
-from components import atomic_pusher
-from modules import contract
-from pipeline import blessing, data_sources
-from pipeline.config import RunConfig
+from tfx_transfer.components import atomic_pusher
+from tfx_transfer.modules import contract
+from tfx_transfer.pipeline import blessing, data_sources
+from tfx_transfer.pipeline.config import RunConfig
 
 # Module code by import path, not module_file: the container image has the
 # project installed, so Kubeflow needs no module upload.
-TRANSFORM_FN = "modules.transform.preprocessing_fn"
-RUN_FN = "modules.trainer.run_fn"
+TRANSFORM_FN = "tfx_transfer.modules.transform.preprocessing_fn"
+RUN_FN = "tfx_transfer.modules.trainer.run_fn"
 
 
 @dataclasses.dataclass
@@ -80,7 +80,7 @@ def trainer_custom_config(config: RunConfig) -> dict:
     when the Trainer runs as a TFJob (its executor reads them from there)."""
     custom_config = config.module.to_custom_config()
     if config.deploy.tfjob_workers:
-        from components import tfjob_trainer
+        from tfx_transfer.components import tfjob_trainer
 
         custom_config[contract.TFJOB_CONFIG_KEY] = tfjob_trainer.settings(config)
     return custom_config
@@ -89,7 +89,7 @@ def trainer_custom_config(config: RunConfig) -> dict:
 def tfjob_executor(config: RunConfig) -> dict:
     if not config.deploy.tfjob_workers:
         return {}
-    from components import tfjob_trainer
+    from tfx_transfer.components import tfjob_trainer
 
     return {"custom_executor_spec": tfjob_trainer.EXECUTOR_SPEC}
 
@@ -159,7 +159,7 @@ def create_pipeline(config: RunConfig, pipeline_root: Optional[str] = None,
     components.append(evaluator)
 
     if ev.projector:
-        from components.embedding_projector import EmbeddingProjector
+        from tfx_transfer.components.embedding_projector import EmbeddingProjector
 
         components.append(EmbeddingProjector(
             examples=example_gen.outputs["examples"],

@@ -9,7 +9,7 @@ A weights file is checked against the backbone without building it: Keras
 loads an HDF5 weights file layer by layer in order and refuses a file whose
 count of layers-with-weights differs from the model's, so that count (and the
 first and last such layer, for the message) is stored per backbone in
-BACKBONE_LAYERS_FILE, generated once with `python -m pipeline.preflight`.
+BACKBONE_LAYERS_FILE, generated once with `python -m tfx_transfer.pipeline.preflight`.
 """
 from __future__ import annotations
 
@@ -18,9 +18,9 @@ import os
 import sys
 from typing import Dict, List, Optional, Tuple
 
-from components import file_kinds
-from pipeline.config import ConfigError, RunConfig
-from pipeline.data_sources import EVAL_DIRS, TRAIN_DIRS
+from tfx_transfer.components import file_kinds
+from tfx_transfer.pipeline.config import ConfigError, RunConfig
+from tfx_transfer.pipeline.data_sources import EVAL_DIRS, TRAIN_DIRS
 
 IGNORED_FILE = "ignored_files.json"  # <output>/: files left out as not images
 BACKBONE_LAYERS_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)),
@@ -222,7 +222,7 @@ def generate_layers_file(names: Optional[List[str]] = None) -> Dict[str, dict]:
     """Builds each backbone (no weights) and stores its layers-with-weights (needs TF)."""
     import gc
 
-    from modules import backbones
+    from tfx_transfer.modules import backbones
     import tf_keras
 
     table = {}

@@ -145,7 +145,7 @@ def recover(pipeline_root: str, metadata_path: str, serving_base: Optional[str],
             shutil.rmtree(d, ignore_errors=True)
             removed.append(d)
     if serving_base and not serving_base.startswith(("gs://", "s3://")):
-        from components import atomic_pusher
+        from tfx_transfer.components import atomic_pusher
 
         host = socket.gethostname()
         for d in atomic_pusher.partial_dirs(serving_base):

@@ -1,2 +1,2 @@
 """Serving: signatures, gRPC client and a local gRPC server."""
-from modules import keras_compat  # noqa: F401  (Keras 2 before TensorFlow loads)
+from tfx_transfer.modules import keras_compat  # noqa: F401  (Keras 2 before TensorFlow loads)

@@ -22,14 +22,14 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
 import grpc
 import numpy as np
 
-from modules import keras_compat  # noqa: F401
+from tfx_transfer.modules import keras_compat  # noqa: F401
 from tensorflow.core.framework import tensor_pb2, types_pb2
 from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2,
                                      get_model_status_pb2, model_service_pb2_grpc, predict_pb2,
                                      prediction_service_pb2_grpc)
 
-from serving import signatures as sigs
-from serving.signatures import string_tensor
+from tfx_transfer.serving import signatures as sigs
+from tfx_transfer.serving.signatures import string_tensor
 
 ImageInput = Union[str, os.PathLike, bytes, bytearray, np.ndarray]
 MAX_RESPONSE_BYTES = 256 << 20  # embeddings of a large batch are big; the default is 4 MB

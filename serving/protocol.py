@@ -10,7 +10,7 @@ import grpc
 import numpy as np
 from tensorflow.core.framework import tensor_pb2, types_pb2
 
-from serving import signatures as sigs
+from tfx_transfer.serving import signatures as sigs
 
 DEFAULT_SIGNATURE = sigs.SERVING_DEFAULT  # what TF Serving uses when the request names none
 

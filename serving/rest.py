@@ -26,7 +26,7 @@ from typing import Dict, Optional
 import grpc
 import numpy as np
 
-from modules import keras_compat  # noqa: F401
+from tfx_transfer.modules import keras_compat  # noqa: F401
 import tensorflow as tf
 from google.protobuf import json_format
 from tensorflow.core.example import example_pb2, feature_pb2
@@ -34,7 +34,7 @@ from tensorflow.core.framework import types_pb2
 from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2,
                                      get_model_status_pb2, predict_pb2, regression_pb2)
 
-from serving import protocol
+from tfx_transfer.serving import protocol
 
 log = logging.getLogger("tfx_transfer.serving.rest")
 

@@ -19,8 +19,8 @@ from typing import Dict, Iterable, List, Optional, Sequence
 import grpc
 import numpy as np
 
-from serving import signatures as sigs
-from serving.client import (ImageInput, Prediction, RetryPolicy, ServingError, encode_image,
+from tfx_transfer.serving import signatures as sigs
+from tfx_transfer.serving.client import (ImageInput, Prediction, RetryPolicy, ServingError, encode_image,
                             top_classes)
 
 _CODES = {200: grpc.StatusCode.OK, 400: grpc.StatusCode.INVALID_ARGUMENT,

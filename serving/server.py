@@ -28,7 +28,7 @@ import grpc
 import numpy as np
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from modules import keras_compat  # noqa: F401
+from tfx_transfer.modules import keras_compat  # noqa: F401
 import tensorflow as tf
 from tensorflow.core.framework import types_pb2
 from tensorflow.core.protobuf import saved_model_pb2
@@ -36,11 +36,11 @@ from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2,
                                      get_model_status_pb2, model_service_pb2_grpc,
                                      predict_pb2, prediction_service_pb2_grpc, status_pb2)
 
-from modules import image_budget
-from serving import signatures as sigs
-from serving.protocol import (DEFAULT_SIGNATURE, RequestError, as_proto_field,  # noqa: F401
+from tfx_transfer.modules import image_budget
+from tfx_transfer.serving import signatures as sigs
+from tfx_transfer.serving.protocol import (DEFAULT_SIGNATURE, RequestError, as_proto_field,  # noqa: F401
                               signature_of as _signature)
-from serving import warmup as warmup_file
+from tfx_transfer.serving import warmup as warmup_file
 
 log = logging.getLogger("tfx_transfer.serving")
 
@@ -669,7 +669,7 @@ class ModelServer:
         if not port:
             raise OSError(f"cannot bind {address}")
         if self._rest_port is not None:
-            from serving.rest import RestServer
+            from tfx_transfer.serving.rest import RestServer
 
             self.rest = RestServer(prediction, ModelService(self.manager), self._host,
                                    self._rest_port, self._max_payload_bytes)

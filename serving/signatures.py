@@ -10,7 +10,7 @@ from __future__ import annotations
 import io
 from typing import Optional, Tuple
 
-from modules.contract import (CLASS_IDS, CLASS_NAMES, CLASSES, CLASSIFICATION,  # noqa: F401
+from tfx_transfer.modules.contract import (CLASS_IDS, CLASS_NAMES, CLASSES, CLASSIFICATION,  # noqa: F401
                               CLASSIFY_CLASSES, CLASSIFY_INPUT, CLASSIFY_SCORES, EMBEDDINGS,
                               EXAMPLES_INPUT, IMAGE_KEY as IMAGE_FEATURE, IMAGES_INPUT,
                               LABEL_VOCAB as LABELS_ASSET, PROBABILITIES, SERVING_DEFAULT,

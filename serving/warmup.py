@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Dict, Iterable, Tuple
 
-from modules.warmup import warmup_path
+from tfx_transfer.modules.warmup import warmup_path
 
 
 def read(export_dir: str) -> list:
@@ -25,7 +25,7 @@ def read(export_dir: str) -> list:
 
 def replayable(logs) -> Iterable[Tuple[str, Dict[str, object]]]:
     """(signature name, {input key: TensorProto}) of each Predict or Classify log."""
-    from serving import signatures as sigs
+    from tfx_transfer.serving import signatures as sigs
 
     for log in logs:
         kind = log.WhichOneof("log_type")

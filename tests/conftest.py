@@ -7,7 +7,7 @@ import tarfile
 
 import pytest
 
-from modules import keras_compat  # noqa: F401
+from tfx_transfer.modules import keras_compat  # noqa: F401
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SAMPLE = os.path.join(REPO, "data", "cifar10-sample")
@@ -22,7 +22,7 @@ CIFAR_GROUPS.update({c: "animal" for c in ("bird", "cat", "deer", "dog", "frog",
 
 
 def tiny_config(output, **overrides):
-    from pipeline.config import RunConfig
+    from tfx_transfer.pipeline.config import RunConfig
 
     values = dict(data=SAMPLE, backbone="MobileNetV2", weights="none", image_size=32,
                   epochs=2, batch_size=32, output=str(output), projector_samples=100,
@@ -30,7 +30,7 @@ def tiny_config(output, **overrides):
                   # Random weights at 32 px are near chance: bless them anyway so the
                   # push/serve tests have a model.
                   bless_over_majority=False,
-                  projector=importlib.util.find_spec("components.embedding_projector") is not None)
+                  projector=importlib.util.find_spec("tfx_transfer.components.embedding_projector") is not None)
     values.update(overrides)
     return RunConfig.from_dict(values)
 
@@ -38,7 +38,7 @@ def tiny_config(output, **overrides):
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory):
     """(config, summary) of one real LocalDagRunner run on the bundled sample."""
-    from pipeline.runners import local as runners
+    from tfx_transfer.pipeline.runners import local as runners
 
     config = tiny_config(tmp_path_factory.mktemp("tiny_run"))
     summary = runners.run(config)

@@ -3,7 +3,7 @@ cuts into layer groups that never split a residual block."""
 import numpy as np
 import pytest
 
-from modules import backbones
+from tfx_transfer.modules import backbones
 
 FAST = [b.name for b in backbones.REGISTRY.values() if not b.slow]
 SLOW = [b.name for b in backbones.REGISTRY.values() if b.slow]

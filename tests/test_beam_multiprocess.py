@@ -19,7 +19,7 @@ MULTI_PROCESS = ["--runner=FnApiRunner", "--direct_running_mode=multi_processing
 @pytest.mark.timeout(3600)
 def test_data_components_run_in_beam_worker_processes(tiny_run, tmp_path):
     from conftest import tiny_config
-    from pipeline.runners import local
+    from tfx_transfer.pipeline.runners import local
 
     _, reference = tiny_run
     config = tiny_config(tmp_path / "mp", beam_args=MULTI_PROCESS)

@@ -23,7 +23,7 @@ HEAVY = ("tensorflow", "tfx", "apache_beam", "tf_keras", "tensorflow_model_analy
 # packages it imported by then.
 _DRIVER = """
 import json, sys
-from pipeline import cli
+from tfx_transfer.pipeline import cli
 try:
     rc = cli.main(sys.argv[1:])
 except SystemExit as e:
@@ -57,7 +57,7 @@ def _weights_file(path, layers):
 @pytest.fixture
 def mistakes(tmp_path):
     """(flags, expected phrase in the error) for every mistake the CLI must reject."""
-    from pipeline import preflight
+    from tfx_transfer.pipeline import preflight
 
     (tmp_path / "empty").mkdir()
     (tmp_path / "one" / "cat").mkdir(parents=True)
@@ -103,7 +103,7 @@ def test_every_mistake_is_one_line_exit_2_before_any_heavy_import(mistakes):
 
 
 def test_weights_file_for_another_backbone_names_both_layer_counts(tmp_path):
-    from pipeline import preflight
+    from tfx_transfer.pipeline import preflight
 
     mnv1 = preflight.expected_layers("MobileNet")
     path = _weights_file(tmp_path / "v1.h5", [(f"conv{i}", True) for i in range(mnv1["count"])]
@@ -117,8 +117,8 @@ def test_weights_file_for_another_backbone_names_both_layer_counts(tmp_path):
 
 
 def test_stored_layer_count_matches_the_built_backbone():
-    from modules import backbones
-    from pipeline import preflight
+    from tfx_transfer.modules import backbones
+    from tfx_transfer.pipeline import preflight
 
     model = backbones.get("MobileNetV2").build(96, weights=None)
     layers = [l.name for l in model.layers if l.weights]
@@ -131,7 +131,7 @@ def test_stored_layer_count_matches_the_built_backbone():
 
 
 def test_help_shows_a_sentence_and_default_for_every_run_flag():
-    from pipeline import cli
+    from tfx_transfer.pipeline import cli
 
     parser = cli.build_parser()
     run = next(a for a in parser._subparsers._group_actions[0].choices.items() if a[0] == "run")[1]
@@ -145,8 +145,8 @@ def test_help_shows_a_sentence_and_default_for_every_run_flag():
 
 
 def test_version_and_set_fields(capsys):
-    from pipeline import cli
-    from pipeline.cli import options
+    from tfx_transfer.pipeline import cli
+    from tfx_transfer.pipeline.cli import options
 
     with pytest.raises(SystemExit) as e:
         cli.main(["--version"])
@@ -202,7 +202,7 @@ def _feed(view, clock):
 
 
 def test_progress_view_off_a_terminal_prints_few_plain_lines():
-    from pipeline.cli.progress import ProgressView
+    from tfx_transfer.pipeline.cli.progress import ProgressView
 
     out, clock = io.StringIO(), FakeClock()
     _feed(ProgressView(out, live=False, totals={"train": 300}, clock=clock), clock)
@@ -219,7 +219,7 @@ def test_progress_view_off_a_terminal_prints_few_plain_lines():
 
 
 def test_progress_view_on_a_terminal_redraws_one_line():
-    from pipeline.cli.progress import ProgressView
+    from tfx_transfer.pipeline.cli.progress import ProgressView
 
     out, clock = io.StringIO(), FakeClock()
     _feed(ProgressView(out, live=True, totals={"train": 300}, clock=clock), clock)
@@ -233,8 +233,8 @@ def test_progress_view_on_a_terminal_redraws_one_line():
 _CAPTURE = """
 import logging, os, sys
 logging.basicConfig(level=logging.INFO)
-from pipeline.cli import progress
-from modules import progress_events
+from tfx_transfer.pipeline.cli import progress
+from tfx_transfer.modules import progress_events
 with progress.run_view(sys.argv[1], progress.NORMAL, totals={"train": 40}):
     os.write(2, b"C++ noise on fd 2\\n")
     print("print() noise")
@@ -287,7 +287,7 @@ def test_run_view_on_a_pty_draws_a_live_meter(tmp_path):
 
 def test_ctrl_c_ends_with_one_line_and_exit_130(tmp_path):
     out = tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "run", "--data", SAMPLE,
+    proc = subprocess.Popen([sys.executable, "-m", "tfx_transfer.pipeline.cli", "run", "--data", SAMPLE,
                              "--weights", "none", "--output", str(out)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
                             env=_env())
@@ -323,7 +323,7 @@ def _summary(tmp_path):
 
 
 def test_result_block_is_readable(tmp_path):
-    from pipeline.cli.report import result_block
+    from tfx_transfer.pipeline.cli.report import result_block
 
     text = result_block(_summary(tmp_path), str(tmp_path))
     assert "accuracy 15.00 %" in text and "0.15000000596" not in text
@@ -339,8 +339,8 @@ def test_result_block_is_readable(tmp_path):
 
 
 def test_blessing_bar_is_the_majority_class(tmp_path):
-    from pipeline import blessing
-    from pipeline.config import RunConfig
+    from tfx_transfer.pipeline import blessing
+    from tfx_transfer.pipeline.config import RunConfig
 
     for split, counts in (("train", {"a": 6, "b": 2}), ("test", {"a": 3, "b": 7})):
         for cls, n in counts.items():
@@ -366,7 +366,7 @@ def test_blessing_bar_is_the_majority_class(tmp_path):
 def test_piped_run_prints_few_lines_and_logs_everything(tmp_path):
     """The demo data (400 images), piped: under 80 lines, the full log in run.log."""
     out = tmp_path / "run"
-    proc = subprocess.run([sys.executable, "-m", "pipeline.cli", "run", "--data", SAMPLE,
+    proc = subprocess.run([sys.executable, "-m", "tfx_transfer.pipeline.cli", "run", "--data", SAMPLE,
                            "--weights", "none", "--image-size", "32", "--epochs", "3",
                            # epochs to show: the default probe is solved, not trained by epochs
                            "--set", "probe_solver=sgd", "--output", str(out)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -383,9 +383,9 @@ def test_piped_run_prints_few_lines_and_logs_everything(tmp_path):
 
 
 def test_files_that_are_not_images_are_ignored_by_name_and_listed(tmp_path):
-    from components import image_example_gen
-    from pipeline import preflight
-    from pipeline.cli.report import plain_reason
+    from tfx_transfer.components import image_example_gen
+    from tfx_transfer.pipeline import preflight
+    from tfx_transfer.pipeline.cli.report import plain_reason
 
     for cls in ("cat", "dog"):
         (tmp_path / cls).mkdir()
@@ -407,7 +407,7 @@ def test_files_that_are_not_images_are_ignored_by_name_and_listed(tmp_path):
 
 
 def test_compare_table_reads_like_the_result_block():
-    from pipeline.cli.report import leaderboard_table
+    from tfx_transfer.pipeline.cli.report import leaderboard_table
 
     rows = [{"backbone": "MobileNetV2", "mode": "linear_probe", "unfreeze_groups": 0,
              "image_size": 96, "accuracy": 0.7123, "top5_accuracy": 0.97, "macro_f1": 0.7,
@@ -431,7 +431,7 @@ def test_linear_probe_projector_embeds_once_and_draws_once(tiny_run):
     import numpy as np
     from PIL import Image
 
-    from components import embedding_projector as E
+    from tfx_transfer.components import embedding_projector as E
 
     _, summary = tiny_run
     proj = summary["projector"]
@@ -449,7 +449,7 @@ def test_linear_probe_projector_embeds_once_and_draws_once(tiny_run):
 
 
 def test_heartbeat_lines_thin_out_as_a_component_runs_on():
-    from pipeline.cli.progress import ProgressView
+    from tfx_transfer.pipeline.cli.progress import ProgressView
 
     out, clock = io.StringIO(), FakeClock()
     view = ProgressView(out, live=False, clock=clock)
@@ -466,8 +466,8 @@ def test_majority_bar_applies_to_the_whole_eval_set_not_each_class(tmp_path):
     from tensorflow_model_analysis.evaluators import metrics_validator
     from tensorflow_model_analysis.metrics import metric_types
 
-    from pipeline.config import RunConfig
-    from pipeline.pipeline import eval_config
+    from tfx_transfer.pipeline.config import RunConfig
+    from tfx_transfer.pipeline.pipeline import eval_config
 
     config = eval_config(RunConfig.from_dict(dict(data=SAMPLE)), 10)
     # First run: no baseline, so (as TFX's Evaluator does) no change threshold.

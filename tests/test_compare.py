@@ -6,7 +6,7 @@ import os
 import pytest
 
 from conftest import tiny_config
-from pipeline.runners import compare
+from tfx_transfer.pipeline.runners import compare
 
 
 def test_combinations_expand_unfreeze_depths_only_for_fine_tuning():
@@ -50,7 +50,7 @@ def test_row_takes_training_time_from_the_report_when_the_trainer_was_cached():
 @pytest.mark.slow
 @pytest.mark.e2e
 def test_compare_runs_other_backbones_and_reuses_the_cache(tmp_path, capsys):
-    from pipeline import cli
+    from tfx_transfer.pipeline import cli
 
     rc = cli.main(["compare", "--data", tiny_config(tmp_path).data.data, "--weights", "none",
                    "--backbones", "MobileNetV3Small,EfficientNetB0", "--modes", "linear_probe,fine_tune",

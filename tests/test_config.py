@@ -1,6 +1,6 @@
 import pytest
 
-from pipeline.config import ConfigError, RunConfig
+from tfx_transfer.pipeline.config import ConfigError, RunConfig
 
 
 def flat(**values):
@@ -73,7 +73,7 @@ def test_yaml_in_sections(tmp_path):
 
 
 def test_config_round_trips_through_custom_config():
-    from modules.config import ModuleConfig
+    from tfx_transfer.modules.config import ModuleConfig
 
     cfg = flat(data="x", backbone="ResNet50", epochs=3, augment=["flip"])
     back = ModuleConfig.from_custom_config(cfg.module.to_json())
@@ -84,7 +84,7 @@ def test_config_round_trips_through_custom_config():
 
 def test_missing_weights_file_is_rejected_before_running(capsys, tmp_path):
     from conftest import SAMPLE
-    from pipeline import cli
+    from tfx_transfer.pipeline import cli
 
     assert cli.main(["run", "--data", SAMPLE, "--weights", "/no/such/file.h5",
                      "--output", str(tmp_path / "out")]) == 2
@@ -106,14 +106,14 @@ def test_yaml_must_be_a_mapping(tmp_path):
 
 
 def test_cli_rejects_bad_value_before_running(capsys):
-    from pipeline import cli
+    from tfx_transfer.pipeline import cli
 
     assert cli.main(["run", "--data", "nowhere", "--epochs", "0"]) == 2
     assert "'epochs'" in capsys.readouterr().err
 
 
 def test_cli_lists_backbones(capsys):
-    from pipeline import cli
+    from tfx_transfer.pipeline import cli
 
     assert cli.main(["backbones"]) == 0
     out = capsys.readouterr().out

@@ -6,11 +6,11 @@ import tensorflow as tf
 from tfx.proto import example_gen_pb2
 from tfx.utils import proto_utils
 
-from components.image_example_gen import image_to_example
+from tfx_transfer.components.image_example_gen import image_to_example
 from conftest import SAMPLE
-from pipeline import data_sources
-from pipeline.config import RunConfig
-from pipeline.data_sources import example_gen, is_tfrecord_input
+from tfx_transfer.pipeline import data_sources
+from tfx_transfer.pipeline.config import RunConfig
+from tfx_transfer.pipeline.data_sources import example_gen, is_tfrecord_input
 
 
 def _proto(value, message):

@@ -10,9 +10,9 @@ import tensorflow as tf
 from PIL import Image, ImageOps
 
 import bad_images
-from components.image_example_gen import image_to_example
-from modules import image_budget
-from modules.image_budget import ImageBudget, NotAnImage, OverBudget
+from tfx_transfer.components.image_example_gen import image_to_example
+from tfx_transfer.modules import image_budget
+from tfx_transfer.modules.image_budget import ImageBudget, NotAnImage, OverBudget
 
 # Smaller bombs than the benchmark's (same headers, a fraction of the generation time).
 SMALL_PNG_BOMB = bad_images.png_bomb(5000, 5000)  # 25 M pixels > 16.7 M
@@ -117,7 +117,7 @@ def test_exif_rotated_jpeg_is_stored_upright(tmp_path, files):
 
 
 def _server_check(values, kind="images"):
-    from serving import server, signatures as sigs
+    from tfx_transfer.serving import server, signatures as sigs
 
     key = sigs.IMAGES_INPUT if kind == "images" else sigs.EXAMPLES_INPUT
     arr = np.array(values, dtype=object)
@@ -126,7 +126,7 @@ def _server_check(values, kind="images"):
 
 
 def test_server_serves_the_upright_bytes_training_stored(tmp_path, files):
-    from serving import signatures as sigs
+    from tfx_transfer.serving import signatures as sigs
 
     rotated = files["exif_rotated.jpg"][0]
     os.makedirs(tmp_path / "c")
@@ -145,7 +145,7 @@ def test_server_serves_the_upright_bytes_training_stored(tmp_path, files):
     (b"not an image", grpc.StatusCode.INVALID_ARGUMENT),
 ])
 def test_server_refuses_bombs_before_decoding(data, code):
-    from serving import server
+    from tfx_transfer.serving import server
 
     with pytest.raises(server.RequestError) as e:
         _server_check([bad_images.encode(bad_images.photo(), "PNG"), data])
@@ -175,8 +175,8 @@ def test_example_gen_run_reports_every_bad_file(tmp_path):
 
 def test_the_config_budget_reaches_example_gen(tmp_path):
     from conftest import tiny_config
-    from components.image_example_gen import _settings
-    from pipeline.pipeline import create_pipeline
+    from tfx_transfer.components.image_example_gen import _settings
+    from tfx_transfer.pipeline.pipeline import create_pipeline
 
     pipeline = create_pipeline(tiny_config(tmp_path, max_image_pixels=1000, max_image_frames=3,
                                            max_image_mb=7))

@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from components.image_example_gen import ImageDataError, ImageExampleGen, image_to_example
+from tfx_transfer.components.image_example_gen import ImageDataError, ImageExampleGen, image_to_example
 
 
 def _png(path, mode="RGB", size=(12, 10)):
@@ -38,7 +38,7 @@ def make_folder(root, classes=("cat", "dog"), per_class=6, split=None):
 def run_example_gen(root, out, eval_fraction=0.2, **kwargs):
     from tfx import v1 as tfx
 
-    from pipeline.data_sources import image_splits
+    from tfx_transfer.pipeline.data_sources import image_splits
 
     input_config, output_config = image_splits(str(root), eval_fraction)
     gen = ImageExampleGen(input_base=str(root), input_config=input_config,

@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from pipeline.runners import kfp_local
+from tfx_transfer.pipeline.runners import kfp_local
 
 # A task's program: reads the ExecutorInput ({{$}}), writes its output
 # artifact's file and an ExecutorOutput with metadata, as TFX's entrypoint does.
@@ -100,7 +100,7 @@ def test_rerun_reuses_cached_tasks_and_a_changed_input_reruns(tmp_path):
 
 
 def test_a_failed_task_names_itself_and_its_log(tmp_path, capsys):
-    from pipeline.cli import main
+    from tfx_transfer.pipeline.cli import main
 
     rc = main(["submit", "--local", write(tmp_path), "--param", "word=fail"])
     err = capsys.readouterr().err
@@ -138,7 +138,7 @@ IMAGE = "tfx-transfer:dev"
 
 def run_compiled(config, tmp, engine):
     """The tiny_run config compiled for KFP and run with submit --local."""
-    from pipeline.runners import kubeflow
+    from tfx_transfer.pipeline.runners import kubeflow
 
     package = str(tmp / "pipeline.json")
     kubeflow.compile_pipeline(config.replace(output=str(tmp / "unused")), package, image=IMAGE,
@@ -149,7 +149,7 @@ def run_compiled(config, tmp, engine):
 def check_matches_the_local_run(tiny_run, result):
     import tensorflow as tf
 
-    from pipeline.runners.summary import read_evaluation
+    from tfx_transfer.pipeline.runners.summary import read_evaluation
 
     config, summary = tiny_run
     tasks = result["tasks"]

@@ -14,19 +14,19 @@ import sys
 
 import pytest
 
-from components import atomic_pusher
+from tfx_transfer.components import atomic_pusher
 from conftest import REPO, tiny_config
 
 CHILD = """
 import os, signal, sys, threading
 sys.path.insert(0, "tests")
 from conftest import tiny_config
-from pipeline.runners import local as runners
+from tfx_transfer.pipeline.runners import local as runners
 
 where, output = sys.argv[1], sys.argv[2]
 kill = lambda: os.kill(os.getpid(), signal.SIGKILL)
 if where == "trainer":
-    # The Trainer reloads modules.trainer before taking run_fn from it, so the
+    # The Trainer reloads tfx_transfer.modules.trainer before taking run_fn from it, so the
     # wrapper goes around the import instead.
     from tfx.utils import import_utils
     import_func = import_utils.import_func_from_module
@@ -41,7 +41,7 @@ if where == "trainer":
         return killed_run_fn if fn_name == "run_fn" else run_fn
     import_utils.import_func_from_module = import_armed
 else:
-    from components import atomic_pusher
+    from tfx_transfer.components import atomic_pusher
     copy_dir = atomic_pusher.io_utils.copy_dir
 
     def killed_copy(src, dst, **kw):
@@ -68,8 +68,8 @@ def _executions(output):
 
 def _kill_then_rerun(output, where):
     from ml_metadata.proto import metadata_store_pb2 as pb
-    from pipeline import run_lock
-    from pipeline.runners import local as runners
+    from tfx_transfer.pipeline import run_lock
+    from tfx_transfer.pipeline.runners import local as runners
 
     child = subprocess.run([sys.executable, "-c", CHILD, where, str(output)], cwd=REPO,
                            env={**os.environ, "PYTHONPATH": REPO}, capture_output=True, text=True)
@@ -117,7 +117,7 @@ def _assert_one_whole_version(output, summary):
 @pytest.mark.slow
 @pytest.mark.e2e
 def test_kill_during_trainer_then_rerun(tmp_path, tiny_run):
-    from pipeline.runners import local as runners
+    from tfx_transfer.pipeline.runners import local as runners
 
     _, reference = tiny_run
     killed, summary = _kill_then_rerun(tmp_path, "trainer")
@@ -138,7 +138,7 @@ def test_kill_during_trainer_then_rerun(tmp_path, tiny_run):
 @pytest.mark.slow
 @pytest.mark.e2e
 def test_kill_during_pusher_then_rerun(tmp_path):
-    from pipeline.runners import local as runners
+    from tfx_transfer.pipeline.runners import local as runners
 
     killed, summary = _kill_then_rerun(tmp_path, "pusher")
     assert killed["versions"] == [], "no version directory is visible after the kill"

@@ -17,23 +17,23 @@ IMAGE = "registry.example.com/ml/tfx-transfer:test"
 ROOT = "gs://bucket/tfx-transfer"
 DATA = "gs://bucket/data/cifar10-sample"
 TFX_CMD = ["python", "-m", "tfx.orchestration.kubeflow.v2.container.kubeflow_v2_run_executor"]
-HAS_PROJECTOR = importlib.util.find_spec("components.embedding_projector") is not None
+HAS_PROJECTOR = importlib.util.find_spec("tfx_transfer.components.embedding_projector") is not None
 EXECUTORS = {
-    "ImageExampleGen": "components.image_example_gen.Executor",
+    "ImageExampleGen": "tfx_transfer.components.image_example_gen.Executor",
     "StatisticsGen": "tfx.components.statistics_gen.executor.Executor",
     "SchemaGen": "tfx.components.schema_gen.executor.Executor",
     "ExampleValidator": "tfx.components.example_validator.executor.Executor",
     "Transform": "tfx.components.transform.executor.Executor",
     "Trainer": "tfx.components.trainer.executor.GenericExecutor",
     "Evaluator": "tfx.components.evaluator.executor.Executor",
-    "Pusher": "components.atomic_pusher.Executor",  # atomic, idempotent push (issue #12)
+    "Pusher": "tfx_transfer.components.atomic_pusher.Executor",  # atomic, idempotent push (issue #12)
 }
 if HAS_PROJECTOR:
-    EXECUTORS["EmbeddingProjector"] = "components.embedding_projector.Executor"
+    EXECUTORS["EmbeddingProjector"] = "tfx_transfer.components.embedding_projector.Executor"
 
 
 def config(**overrides):
-    from pipeline.config import RunConfig
+    from tfx_transfer.pipeline.config import RunConfig
 
     values = dict(data=DATA, data_layout="folders", backbone="MobileNetV2", weights="none",
                   image_size=32, epochs=2, batch_size=32, projector=HAS_PROJECTOR,
@@ -43,7 +43,7 @@ def config(**overrides):
 
 
 def compile_to(tmp_path, name="pipeline.json", platform="kubeflow", **overrides):
-    from pipeline.runners import kubeflow
+    from tfx_transfer.pipeline.runners import kubeflow
 
     out = str(tmp_path / name)
     kubeflow.compile_pipeline(config(**overrides), out, image=IMAGE, pipeline_root=ROOT,
@@ -89,7 +89,7 @@ def trainer_defaults(job):
 @pytest.fixture(scope="module")
 def compiled(tmp_path_factory):
     """The CLI's compile: flags like `run`, the image, a gs:// root."""
-    from pipeline import cli
+    from tfx_transfer.pipeline import cli
 
     out = tmp_path_factory.mktemp("kfp") / "pipeline.json"
     argv = ["compile", "--data", DATA, "--data-layout", "folders", "--weights", "none",
@@ -126,9 +126,9 @@ def test_every_component_runs_the_image_with_the_tfx_entrypoint(compiled):
 def test_module_code_comes_from_the_image_not_a_wheel(compiled):
     trainer = tasks(compiled)["Trainer"]["inputs"]["parameters"]
     transform = tasks(compiled)["Transform"]["inputs"]["parameters"]
-    assert trainer["run_fn"]["runtimeValue"]["constant"] == "modules.trainer.run_fn"
+    assert trainer["run_fn"]["runtimeValue"]["constant"] == "tfx_transfer.modules.trainer.run_fn"
     assert transform["preprocessing_fn"]["runtimeValue"]["constant"] == \
-        "modules.transform.preprocessing_fn"
+        "tfx_transfer.modules.transform.preprocessing_fn"
     text = json.dumps(compiled)
     assert "module_file" not in text and ".whl" not in text
 
@@ -198,7 +198,7 @@ def test_tfjob_trainer_is_compiled_in(tmp_path):
     job = load(compile_to(tmp_path, image=IMAGE, tfjob_workers=4, tfjob_gpus_per_worker=2,
                           tfjob_service_account="tfx-transfer-trainer", namespace="ml",
                           projector=False))
-    assert executor_class(job, "Trainer") == "components.tfjob_trainer.Executor"
+    assert executor_class(job, "Trainer") == "tfx_transfer.components.tfjob_trainer.Executor"
     assert trainer_sections(job)["tfjob"] == {
         "workers": 4, "gpus_per_worker": 2, "image": IMAGE, "namespace": "ml",
         "service_account": "tfx-transfer-trainer", "cpu": "4", "memory": "16Gi",
@@ -206,8 +206,8 @@ def test_tfjob_trainer_is_compiled_in(tmp_path):
 
 
 def test_pipeline_root_must_be_storage_the_platform_accepts():
-    from pipeline.config import ConfigError
-    from pipeline.runners.kubeflow import check_pipeline_root
+    from tfx_transfer.pipeline.config import ConfigError
+    from tfx_transfer.pipeline.runners.kubeflow import check_pipeline_root
 
     assert check_pipeline_root("s3://bucket/root/", "kubeflow") == "s3://bucket/root"
     for root, platform in (("/mnt/pvc/root", "kubeflow"), (None, "kubeflow"),
@@ -217,7 +217,7 @@ def test_pipeline_root_must_be_storage_the_platform_accepts():
 
 
 def test_auto_layout_needs_a_listable_data_root():
-    from pipeline.data_sources import DataSourceError, image_splits as split_layout
+    from tfx_transfer.pipeline.data_sources import DataSourceError, image_splits as split_layout
 
     with pytest.raises(DataSourceError, match="data_layout"):
         split_layout(DATA, 0.2, "auto")
@@ -231,8 +231,8 @@ def test_auto_layout_needs_a_listable_data_root():
 
 # --------------------------------------------------------------------------
 def test_params_edit_trainer_config_fields_and_reject_unknown_ones(compiled):
-    from pipeline.config import ConfigError
-    from pipeline.runners.kubeflow import parameter_values
+    from tfx_transfer.pipeline.config import ConfigError
+    from tfx_transfer.pipeline.runners.kubeflow import parameter_values
 
     spec = compiled["pipelineSpec"]
     values = parameter_values(spec, ["backbone=ResNet50", "epochs=3", "image_size=64",
@@ -306,7 +306,7 @@ def package_file(compiled, tmp_path):
 
 
 def test_submit_creates_a_run_with_the_parameters(compiled, fake_kfp, tmp_path, capsys):
-    from pipeline import cli
+    from tfx_transfer.pipeline import cli
 
     rc = cli.main(["submit", "--host", fake_kfp, "--experiment", "transfer",
                    package_file(compiled, tmp_path), "--param", "epochs=5",
@@ -326,7 +326,7 @@ def test_submit_creates_a_run_with_the_parameters(compiled, fake_kfp, tmp_path, 
 
 def test_submit_reports_an_unknown_parameter_before_contacting_the_host(compiled, fake_kfp,
                                                                         tmp_path, capsys):
-    from pipeline import cli
+    from tfx_transfer.pipeline import cli
 
     rc = cli.main(["submit", "--host", fake_kfp, package_file(compiled, tmp_path),
                    "--param", "learning_rat=0.1"])
@@ -339,7 +339,7 @@ def test_submit_reports_an_unknown_parameter_before_contacting_the_host(compiled
 def test_submit_reports_an_unreachable_host(compiled, tmp_path, capsys):
     import portpicker
 
-    from pipeline import cli
+    from tfx_transfer.pipeline import cli
 
     host = f"http://127.0.0.1:{portpicker.pick_unused_port()}"
     rc = cli.main(["submit", "--host", host, package_file(compiled, tmp_path)])
@@ -348,7 +348,7 @@ def test_submit_reports_an_unreachable_host(compiled, tmp_path, capsys):
 
 
 def test_submit_reports_what_the_server_refused(compiled, fake_kfp, tmp_path, capsys):
-    from pipeline import cli
+    from tfx_transfer.pipeline import cli
 
     spec = dict(compiled)
     spec["pipelineSpec"] = json.loads(json.dumps(compiled["pipelineSpec"]))
@@ -364,7 +364,7 @@ def test_submit_reports_what_the_server_refused(compiled, fake_kfp, tmp_path, ca
 def test_yaml_output_is_the_spec_kfp_reads(tmp_path):
     from kfp.client import client as kfp_client
 
-    from pipeline.runners.kubeflow import load_package
+    from tfx_transfer.pipeline.runners.kubeflow import load_package
 
     path = compile_to(tmp_path, "pipeline.yaml", projector=False)
     doc = kfp_client._extract_pipeline_yaml(path)  # what kfp 2.5 does with a package file

@@ -1,6 +1,6 @@
 """Real multi-worker training: the Trainer's run_fn under MultiWorkerMirroredStrategy
 with two worker processes on localhost, the way TFJob workers run it
-(python -m components.tfjob_worker, TF_CONFIG naming both workers).
+(python -m tfx_transfer.components.tfjob_worker, TF_CONFIG naming both workers).
 
 The examples and transform graph come from create_pipeline itself, run up to
 Transform on the bundled CIFAR-10 sample. Settings are deterministic where it
@@ -43,7 +43,7 @@ def calibrated_random_weights(path):
     import tensorflow as tf
     import tf_keras as keras
 
-    from modules import backbones, transform
+    from tfx_transfer.modules import backbones, transform
 
     keras.utils.set_random_seed(TRAIN["seed"])
     files = sorted(glob.glob(os.path.join(SAMPLE, "train", "*", "*")))
@@ -68,9 +68,9 @@ def artefacts(tmp_path_factory):
     from tfx.orchestration.pipeline import RunOptions
     from tfx.types import artifact_utils
 
-    from pipeline.config import RunConfig
-    from pipeline.pipeline import create_pipeline
-    from pipeline.runners.local import DEFAULT_BEAM_ARGS
+    from tfx_transfer.pipeline.config import RunConfig
+    from tfx_transfer.pipeline.pipeline import create_pipeline
+    from tfx_transfer.pipeline.runners.local import DEFAULT_BEAM_ARGS
 
     out = tmp_path_factory.mktemp("mw_artefacts")
     # Real ImageNet features where ../shared has them, so that "the same eval
@@ -108,15 +108,15 @@ def artefacts(tmp_path_factory):
 
 
 def fn_args_file(artefacts, out_dir, **overrides):
-    """The file components.tfjob_worker reads, for fresh Model/ModelRun outputs under out_dir."""
+    """The file tfx_transfer.components.tfjob_worker reads, for fresh Model/ModelRun outputs under out_dir."""
     from tfx.types import standard_artifacts
 
-    from components import tfjob_worker as worker_main
+    from tfx_transfer.components import tfjob_worker as worker_main
 
     model, model_run = standard_artifacts.Model(), standard_artifacts.ModelRun()
     model.uri, model_run.uri = str(out_dir / "model"), str(out_dir / "model_run")
     exec_properties = dict(artefacts["exec_properties"])
-    from modules.config import TrainingConfig
+    from tfx_transfer.modules.config import TrainingConfig
 
     cfg = json.loads(exec_properties["custom_config"])  # sectioned: model, training
     for key, value in overrides.items():
@@ -148,7 +148,7 @@ def start_worker(fn_args, log_path, tf_config=None):
     if tf_config:
         env["TF_CONFIG"] = json.dumps(tf_config)
     with open(log_path, "a") as log:
-        p = subprocess.Popen([sys.executable, "-m", "components.tfjob_worker", "--fn-args", fn_args],
+        p = subprocess.Popen([sys.executable, "-m", "tfx_transfer.components.tfjob_worker", "--fn-args", fn_args],
                              cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
     STARTED.append(p)
     return p

@@ -82,7 +82,7 @@ def test_tfma_label_mapping_uses_the_vocabulary(tiny_run):
 def test_blessing_gates_the_pusher(tmp_path):
     """A value threshold the model cannot meet: not blessed, nothing pushed."""
     from conftest import tiny_config
-    from pipeline.runners import local as runners
+    from tfx_transfer.pipeline.runners import local as runners
 
     config = tiny_config(tmp_path, min_accuracy=0.99, epochs=1, projector=False)
     summary = runners.run(config)

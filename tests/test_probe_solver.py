@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from scipy.optimize import check_grad
 
-from modules import probe_solver as ps
+from tfx_transfer.modules import probe_solver as ps
 
 
 def features(n=240, d=24, k=4, seed=0, signal=0.7):
@@ -90,7 +90,7 @@ def test_folds_are_stratified_and_partition_the_data():
 def _train(tmp_path, **kw):
     import tf_keras as keras
 
-    from modules import trainer
+    from tfx_transfer.modules import trainer
     from test_trainer import CLASSES, cfg, data
 
     keras.utils.set_random_seed(1)
@@ -150,7 +150,7 @@ def test_lp_ft_fine_tunes_from_the_solved_head(tmp_path):
 
 
 def test_config_names_bad_solver_values():
-    from pipeline.config import ConfigError, RunConfig
+    from tfx_transfer.pipeline.config import ConfigError, RunConfig
 
     with pytest.raises(ConfigError, match="probe_solver"):
         RunConfig.from_dict(dict(data="x", probe_solver="newton"))

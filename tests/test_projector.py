@@ -9,7 +9,7 @@ import shutil
 import numpy as np
 import pytest
 
-from components import projections as P
+from tfx_transfer.components import projections as P
 
 
 def two_clusters(n=200, dim=50, gap=20.0, seed=0):
@@ -147,7 +147,7 @@ def test_sprite_shrinks_thumbnails_to_fit(monkeypatch):
 
 
 def _report(out_dir, before, after, labels):
-    from components.embedding_projector import project_and_report
+    from tfx_transfer.components.embedding_projector import project_and_report
 
     n = len(labels)
     return project_and_report(str(out_dir), before, after, [f"f{i}" for i in range(n)],
@@ -157,7 +157,7 @@ def _report(out_dir, before, after, labels):
 
 
 def test_report_before_and_after(tmp_path):
-    from components.embedding_projector import FILES
+    from tfx_transfer.components.embedding_projector import FILES
 
     before, labels = two_clusters(n=60, gap=1.0)
     after, _ = two_clusters(n=60, gap=30.0, seed=1)
@@ -247,7 +247,7 @@ def test_projector_in_the_tiny_pipeline(tiny_run):
 
     on_disk = json.load(open(os.path.join(config.deploy.output, "summary.json")))
     assert on_disk["projector"]["after"] == proj["after"]
-    from pipeline.runners.compare import row
+    from tfx_transfer.pipeline.runners.compare import row
 
     r = row(config, on_disk)
     assert r["silhouette_after"] == proj["after"]["silhouette"]
@@ -256,8 +256,8 @@ def test_projector_in_the_tiny_pipeline(tiny_run):
 
 @pytest.mark.e2e
 def test_projection_artifact_is_typed_in_mlmd(tiny_run):
-    from components.embedding_projector import EmbeddingProjection
-    from pipeline.runners.summary import _store
+    from tfx_transfer.components.embedding_projector import EmbeddingProjection
+    from tfx_transfer.pipeline.runners.summary import _store
 
     config, summary = tiny_run
     store = _store(config)

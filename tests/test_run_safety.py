@@ -7,14 +7,14 @@ import time
 
 import pytest
 
-from components import atomic_pusher
-from pipeline import run_lock
+from tfx_transfer.components import atomic_pusher
+from tfx_transfer.pipeline import run_lock
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 HOLD_LOCK = """
 import sys, time
-from pipeline import run_lock
+from tfx_transfer.pipeline import run_lock
 with run_lock.hold(sys.argv[1]):
     print("held", flush=True)
     time.sleep(600)
@@ -32,7 +32,7 @@ def _holder(output):
 
 def test_second_run_fails_at_once_naming_the_holder(tmp_path):
     from conftest import tiny_config
-    from pipeline.runners import local as runners
+    from tfx_transfer.pipeline.runners import local as runners
 
     proc = _holder(tmp_path)
     try:

@@ -10,7 +10,7 @@ from conftest import tiny_config
 @pytest.mark.slow
 @pytest.mark.e2e
 def test_beam_dag_runner_runs_the_pipeline(tmp_path):
-    from pipeline.runners import local as runners
+    from tfx_transfer.pipeline.runners import local as runners
 
     config = tiny_config(tmp_path, runner="beam", epochs=1, projector=False)
     summary = runners.run(config)
@@ -20,7 +20,7 @@ def test_beam_dag_runner_runs_the_pipeline(tmp_path):
 
 
 def test_default_beam_args_avoid_the_prism_download():
-    from pipeline.runners import local as runners
+    from tfx_transfer.pipeline.runners import local as runners
 
     args = runners.beam_args(tiny_config("/tmp/x"))
     assert "--runner=FnApiRunner" in args

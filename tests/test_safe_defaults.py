@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from pipeline.cli.serving import plaintext_warning
+from tfx_transfer.pipeline.cli.serving import plaintext_warning
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -27,7 +27,7 @@ def test_serve_on_all_interfaces_warns_at_start(tmp_path):
     # An empty base path: the server waits for a first version (ports open only
     # then, as TF Serving's), but the warning comes before any of that.
     proc = subprocess.Popen(
-        [sys.executable, "-m", "pipeline.cli", "serve", "--host", "0.0.0.0", "--port", "0",
+        [sys.executable, "-m", "tfx_transfer.pipeline.cli", "serve", "--host", "0.0.0.0", "--port", "0",
          "--model-base-path", str(tmp_path), "--model-name", "m"],
         cwd=REPO, env={**os.environ, "PYTHONPATH": REPO}, stdout=subprocess.PIPE,
         stderr=subprocess.PIPE, text=True)

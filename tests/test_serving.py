@@ -16,18 +16,18 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from modules import keras_compat  # noqa: F401
+from tfx_transfer.modules import keras_compat  # noqa: F401
 import tensorflow as tf
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tensorflow.core.framework import tensor_pb2, types_pb2
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
-from pipeline import cli
-from pipeline.cli import serving as serving_cli
-from serving import signatures as sigs
-from serving.client import RetryPolicy, ServingClient, ServingError, encode_image
-from serving.signatures import string_tensor
-from serving.server import ModelServer
+from tfx_transfer.pipeline import cli
+from tfx_transfer.pipeline.cli import serving as serving_cli
+from tfx_transfer.serving import signatures as sigs
+from tfx_transfer.serving.client import RetryPolicy, ServingClient, ServingError, encode_image
+from tfx_transfer.serving.signatures import string_tensor
+from tfx_transfer.serving.server import ModelServer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLASSES = ("red", "green", "blue")
@@ -568,7 +568,7 @@ def test_cli_predict(server, tmp_path, capsys):
 
 
 def test_tfx_transfer_cli_has_the_serving_commands():
-    from pipeline import cli
+    from tfx_transfer.pipeline import cli
 
     parser = cli.build_parser()
     args = parser.parse_args(["predict", "--server", "h:1", "--model", "m", "a.jpg", "b.png",
@@ -584,7 +584,7 @@ def test_serve_command_shuts_down_gracefully_on_sigterm(models, tmp_path):
     push(models[0], base, 1)
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "pipeline.cli", "serve", "--model-base-path", base,
+        [sys.executable, "-m", "tfx_transfer.pipeline.cli", "serve", "--model-base-path", base,
          "--model-name", "colors", "--port", "0"],
         cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:

@@ -15,16 +15,16 @@ import grpc
 import numpy as np
 import pytest
 
-from modules import keras_compat  # noqa: F401
+from tfx_transfer.modules import keras_compat  # noqa: F401
 import tensorflow as tf
 from tensorflow.core.framework import types_pb2
 from tensorflow_serving.apis import (classification_pb2, predict_pb2,
                                      prediction_service_pb2_grpc, regression_pb2)
 
-from serving import rest, signatures as sigs
-from serving.client import RetryPolicy, ServingClient
-from serving.rest_client import RestClient
-from serving.server import ModelServer, as_proto_field
+from tfx_transfer.serving import rest, signatures as sigs
+from tfx_transfer.serving.client import RetryPolicy, ServingClient
+from tfx_transfer.serving.rest_client import RestClient
+from tfx_transfer.serving.server import ModelServer, as_proto_field
 from test_serving import (BLUE, CLASSES, GREEN, MAX_BATCH, MAX_PAYLOAD, MAX_PIXELS, RED,  # noqa: F401
                           models, png, push, send, serve_two_versions, _tensor)
 
@@ -313,7 +313,7 @@ def test_rest_request_errors(server, method, path, raw, status, text):
 
 
 def test_cli_predict_over_rest(server, tmp_path, capsys):
-    from pipeline import cli
+    from tfx_transfer.pipeline import cli
 
     image = tmp_path / "b.jpg"
     image.write_bytes(png(BLUE, fmt="JPEG"))

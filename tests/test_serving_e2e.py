@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from modules import keras_compat  # noqa: F401
+from tfx_transfer.modules import keras_compat  # noqa: F401
 import tensorflow as tf
 from tensorflow.core.framework import types_pb2
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
-from serving import signatures as sigs
-from serving.client import ServingClient
-from serving.server import ModelServer
+from tfx_transfer.serving import signatures as sigs
+from tfx_transfer.serving.client import ServingClient
+from tfx_transfer.serving.server import ModelServer
 
 pytestmark = pytest.mark.e2e
 SAMPLE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
@@ -158,8 +158,8 @@ def test_pushed_model_carries_a_warmup_file_every_signature_can_run(served, in_p
     """TF Serving replays assets.extra/tf_serving_warmup_requests at load
     (servables/tensorflow/saved_model_warmup.cc) and fails the load when a record
     fails, so every record must run on the pushed model itself."""
-    from modules.warmup import WARMUP_BATCH_SIZES
-    from serving import warmup
+    from tfx_transfer.modules.warmup import WARMUP_BATCH_SIZES
+    from tfx_transfer.serving import warmup
 
     _, pushed, _ = served
     logs = warmup.read(pushed)

@@ -8,9 +8,9 @@ import shutil
 
 import pytest
 
-from modules import contract
-from serving import warmup
-from serving.server import State, VersionManager
+from tfx_transfer.modules import contract
+from tfx_transfer.serving import warmup
+from tfx_transfer.serving.server import State, VersionManager
 from test_serving import build_standin, push
 
 

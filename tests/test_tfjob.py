@@ -1,6 +1,6 @@
 """The TFJob the Trainer launches: its spec against the Training Operator's own CRD
 schema (tests/data/kubeflow.org_tfjobs.yaml), the status loop against a scripted
-API, and the executor's hand-over to components.tfjob_worker."""
+API, and the executor's hand-over to tfx_transfer.components.tfjob_worker."""
 import copy
 import json
 import os
@@ -9,7 +9,7 @@ import jsonschema
 import pytest
 import yaml
 
-from components import tfjob_trainer
+from tfx_transfer.components import tfjob_trainer
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CRD = os.path.join(HERE, "data", "kubeflow.org_tfjobs.yaml")
@@ -91,7 +91,7 @@ def test_spec_runs_the_worker_entrypoint_with_the_settings():
     assert c["name"] == "tensorflow"  # the Training Operator looks the container up by name
     assert c["image"] == "registry.example.com/ml/tfx-transfer:1"
     assert c["command"] + c["args"] == [
-        "python", "-m", "components.tfjob_worker", "--fn-args",
+        "python", "-m", "tfx_transfer.components.tfjob_worker", "--fn-args",
         "gs://bucket/root/Trainer/model_run/7/tfjob/fn_args.json"]
     wanted = {"cpu": "4", "memory": "16Gi", "nvidia.com/gpu": 2}
     assert c["resources"] == {"requests": wanted, "limits": wanted}
@@ -228,13 +228,13 @@ def fake_trainer_inputs(tmp_path):
 
 
 def test_executor_hands_the_trainer_inputs_to_the_tfjob_workers(tmp_path, monkeypatch):
-    from components import tfjob_worker as worker_main
+    from tfx_transfer.components import tfjob_worker as worker_main
 
     inputs, outputs = fake_trainer_inputs(tmp_path)
     settings = {"workers": 2, "gpus_per_worker": 1, "image": "img:1", "namespace": "ml",
                 "service_account": "trainer"}
     exec_properties = {
-        "run_fn": "modules.trainer.run_fn",
+        "run_fn": "tfx_transfer.modules.trainer.run_fn",
         "train_args": json.dumps({"splits": ["train"]}),
         "eval_args": json.dumps({"splits": ["eval"]}),
         "custom_config": json.dumps({"backbone": "MobileNetV2", "epochs": 1, "tfjob": settings})}
@@ -270,7 +270,7 @@ def test_executor_hands_the_trainer_inputs_to_the_tfjob_workers(tmp_path, monkey
 
 def test_executor_fails_when_the_job_wrote_no_model(tmp_path, monkeypatch):
     inputs, outputs = fake_trainer_inputs(tmp_path)
-    exec_properties = {"run_fn": "modules.trainer.run_fn", "custom_config": json.dumps(
+    exec_properties = {"run_fn": "tfx_transfer.modules.trainer.run_fn", "custom_config": json.dumps(
         {"tfjob": {"workers": 2, "image": "img:1", "namespace": "ml"}})}
     api = FakeTFJobs([{"conditions": [cond("Succeeded", "TFJobSucceeded")]}])
     monkeypatch.setattr(tfjob_trainer, "_kubernetes", lambda: (api, None))

@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-from components import tfjob_trainer
-from pipeline.runners.tfjob_local import Operator
+from tfx_transfer.components import tfjob_trainer
+from tfx_transfer.pipeline.runners.tfjob_local import Operator
 
 # Stands in for pipeline.worker_main: writes what the Training Operator gave it.
 WORKER = ("import json, os, sys; t = json.loads(os.environ['TF_CONFIG']); "

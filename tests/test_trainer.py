@@ -1,6 +1,6 @@
 """Each training switch, tested so that the test fails when the switch does nothing.
 
-These drive modules.trainer.train() directly on small synthetic batches with a
+These drive tfx_transfer.modules.trainer.train() directly on small synthetic batches with a
 real (randomly initialised) MobileNetV2 at 32 px; no TFX needed.
 """
 import os
@@ -10,8 +10,8 @@ import pytest
 import tensorflow as tf
 import tf_keras as keras
 
-from modules import backbones, trainer
-from modules.config import ModuleConfig
+from tfx_transfer.modules import backbones, trainer
+from tfx_transfer.modules.config import ModuleConfig
 
 N, SIZE, CLASSES = 64, 32, 4
 

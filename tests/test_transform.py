@@ -5,8 +5,8 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from modules import backbones, transform
-from modules.config import ModuleConfig
+from tfx_transfer.modules import backbones, transform
+from tfx_transfer.modules.config import ModuleConfig
 
 
 def _encode(arr, fmt):

@@ -13,8 +13,8 @@ import logging
 import sys
 from typing import List, Optional
 
-from modules import keras_compat  # noqa: F401
-from pipeline.cli import compare, kubeflow, run, serving
+from tfx_transfer.modules import keras_compat  # noqa: F401
+from tfx_transfer.pipeline.cli import compare, kubeflow, run, serving
 
 # The command table: each module adds its commands (run, backbones, compare,
 # compile, submit, serve, predict) to the parser.
@@ -43,9 +43,9 @@ def _version() -> str:
 # Errors that mean bad input (data, config, weights): one line and exit 2, no
 # traceback. Looked up among the modules already imported, so that `predict` and
 # `serve` do not pay for importing TFX just to name ImageDataError.
-_USER_ERRORS = (("modules.config", "ConfigError"), ("modules.backbones", "WeightsUnavailable"),
-                ("components.image_example_gen", "ImageDataError"),
-                ("pipeline.data_sources", "DataSourceError"), ("pipeline.run_lock", "RunLocked"))
+_USER_ERRORS = (("tfx_transfer.modules.config", "ConfigError"), ("tfx_transfer.modules.backbones", "WeightsUnavailable"),
+                ("tfx_transfer.components.image_example_gen", "ImageDataError"),
+                ("tfx_transfer.pipeline.data_sources", "DataSourceError"), ("tfx_transfer.pipeline.run_lock", "RunLocked"))
 
 
 def _user_errors() -> tuple:

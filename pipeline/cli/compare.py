@@ -2,7 +2,7 @@
 image size), a leaderboard of the results (pipeline/runners/compare.py)."""
 from __future__ import annotations
 
-from pipeline.cli.options import add_run_flags, config_from_args
+from tfx_transfer.pipeline.cli.options import add_run_flags, config_from_args
 
 
 def _split(value):
@@ -10,9 +10,9 @@ def _split(value):
 
 
 def cmd_compare(args) -> int:
-    from pipeline import data_sources, preflight
-    from pipeline.cli.report import leaderboard_table
-    from pipeline.runners.compare import compare, write_leaderboard
+    from tfx_transfer.pipeline import data_sources, preflight
+    from tfx_transfer.pipeline.cli.report import leaderboard_table
+    from tfx_transfer.pipeline.runners.compare import compare, write_leaderboard
 
     base = config_from_args(args)
     preflight.check_run(base)

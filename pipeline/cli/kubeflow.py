@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import sys
 
-from pipeline.cli.options import add_run_flags, config_from_args
-from pipeline.runners.kfp_local import ENGINES
-from pipeline.runners.kubeflow import PLATFORMS
+from tfx_transfer.pipeline.cli.options import add_run_flags, config_from_args
+from tfx_transfer.pipeline.runners.kfp_local import ENGINES
+from tfx_transfer.pipeline.runners.kubeflow import PLATFORMS
 
 # compile's own flags that are run config fields
 COMPILE_FIELDS = ("image", "data_layout", "beam_args", "tfjob_workers", "tfjob_gpus_per_worker",
@@ -13,7 +13,7 @@ COMPILE_FIELDS = ("image", "data_layout", "beam_args", "tfjob_workers", "tfjob_g
 
 
 def cmd_compile(args) -> int:
-    from pipeline.runners.kubeflow import declared_parameters, parameter_default, compile_pipeline
+    from tfx_transfer.pipeline.runners.kubeflow import declared_parameters, parameter_default, compile_pipeline
 
     config = config_from_args(args, **{k: getattr(args, k) for k in COMPILE_FIELDS})
     job = compile_pipeline(config, args.package, image=args.image,
@@ -30,7 +30,7 @@ def cmd_compile(args) -> int:
 
 
 def cmd_submit(args) -> int:
-    from pipeline.runners.kubeflow import SubmitError, submit
+    from tfx_transfer.pipeline.runners.kubeflow import SubmitError, submit
 
     if args.local:
         return cmd_submit_local(args)
@@ -50,8 +50,8 @@ def cmd_submit(args) -> int:
 
 
 def cmd_submit_local(args) -> int:
-    from pipeline.runners.kfp_local import LocalRunError, run
-    from pipeline.runners.kubeflow import SubmitError
+    from tfx_transfer.pipeline.runners.kfp_local import LocalRunError, run
+    from tfx_transfer.pipeline.runners.kubeflow import SubmitError
 
     try:
         result = run(args.package, args.param or [], engine=args.engine)

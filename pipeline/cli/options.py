@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any, Dict, List
 
-from pipeline.config import AUGMENTATIONS, ConfigError, RunConfig
+from tfx_transfer.pipeline.config import AUGMENTATIONS, ConfigError, RunConfig
 
 _DEFAULTS = RunConfig().flat()
 

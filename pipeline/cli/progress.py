@@ -22,7 +22,7 @@ import threading
 import time
 from typing import Dict, Optional
 
-from modules.progress_events import PROGRESS_LOGGER
+from tfx_transfer.modules.progress_events import PROGRESS_LOGGER
 
 LOG_DIR = "logs"
 RUN_LOG = "run.log"
@@ -181,7 +181,7 @@ def component_hooks():
     wraps the Launcher that LocalDagRunner and BeamDagRunner both use."""
     from tfx.orchestration.portable import launcher
 
-    from modules import progress_events
+    from tfx_transfer.modules import progress_events
 
     launch, prepare = launcher.Launcher.launch, launcher.Launcher._prepare_execution
 

@@ -5,9 +5,9 @@ import os
 from collections import Counter
 from typing import Any, Dict, List, Optional
 
-from modules import contract
-from pipeline.preflight import IGNORED_FILE
-from pipeline.cli.progress import LOG_DIR, RUN_LOG, seconds
+from tfx_transfer.modules import contract
+from tfx_transfer.pipeline.preflight import IGNORED_FILE
+from tfx_transfer.pipeline.cli.progress import LOG_DIR, RUN_LOG, seconds
 
 # Components in the order the pipeline runs them; anything else follows.
 PIPELINE_ORDER = ("ImageExampleGen", "ImportExampleGen", "StatisticsGen", "SchemaGen",

@@ -12,9 +12,9 @@ import os
 import sys
 import time
 
-from pipeline import preflight
-from pipeline.cli import progress, report
-from pipeline.cli.options import add_output_flags, add_run_flags, config_from_args
+from tfx_transfer.pipeline import preflight
+from tfx_transfer.pipeline.cli import progress, report
+from tfx_transfer.pipeline.cli.options import add_output_flags, add_run_flags, config_from_args
 
 INTERRUPTED = 130  # the shell's code for a run ended by Ctrl-C (128 + SIGINT)
 
@@ -38,9 +38,9 @@ def cmd_run(args) -> int:
     start = time.time()
     with progress.run_view(output, verbosity,
                            totals=preflight.expected_examples(data, config.data.eval_fraction)):
-        from modules import backbones
-        from pipeline import data_sources
-        from pipeline.runners import local
+        from tfx_transfer.modules import backbones
+        from tfx_transfer.pipeline import data_sources
+        from tfx_transfer.pipeline.runners import local
 
         config = data_sources.prepare(config)
         m = config.model
@@ -66,7 +66,7 @@ def interrupted() -> int:
 
 
 def cmd_backbones(args) -> int:
-    from modules import backbones
+    from tfx_transfer.modules import backbones
 
     rows = [(b.name, b.family, b.default_size, b.preprocessing) for b in backbones.REGISTRY.values()]
     if args.json:

@@ -8,7 +8,7 @@ import signal
 import sys
 import threading
 
-from modules.contract import SERVING_IMAGES
+from tfx_transfer.modules.contract import SERVING_IMAGES
 
 log = logging.getLogger("tfx_transfer.serving")
 
@@ -23,12 +23,12 @@ def _read(path):
 def cmd_predict(args) -> int:
     import grpc
 
-    from serving.client import ServingClient, ServingError, read_labels
+    from tfx_transfer.serving.client import ServingClient, ServingError, read_labels
 
     try:
         labels = read_labels(args.labels) if args.labels else None
         if args.rest:
-            from serving.rest_client import RestClient
+            from tfx_transfer.serving.rest_client import RestClient
 
             client = RestClient(args.rest, args.model, signature_name=args.signature,
                                 version=args.version, version_label=args.version_label,
@@ -93,7 +93,7 @@ def plaintext_warning(host: str, tls: bool) -> str:
 
 
 def cmd_serve(args) -> int:
-    from serving.server import ModelServer
+    from tfx_transfer.serving.server import ModelServer
 
     warning = plaintext_warning(args.host, bool(args.tls_cert))
     if warning:

@@ -14,8 +14,8 @@ import logging
 import os
 from typing import Any, Dict, List, Optional
 
-from modules import contract
-from pipeline.config import RunConfig
+from tfx_transfer.modules import contract
+from tfx_transfer.pipeline.config import RunConfig
 
 log = logging.getLogger("tfx_transfer.compare")
 
@@ -121,8 +121,8 @@ def write_leaderboard(rows: List[Dict[str, Any]], out_dir: str) -> Dict[str, str
 
 def compare(base: RunConfig, backbones: List[str], modes: List[str], unfreeze: List[int],
             sizes: List[Optional[int]]) -> List[Dict[str, Any]]:
-    from modules import backbones as registry
-    from pipeline.runners import local
+    from tfx_transfer.modules import backbones as registry
+    from tfx_transfer.pipeline.runners import local
 
     configs = combinations(base, backbones, modes, unfreeze, sizes)
     for c in configs:  # every weights file checked before the first run starts

@@ -45,7 +45,7 @@ from typing import Any, Dict, List
 ENGINES = ("process", "podman", "docker")
 LOG_FILE = "task.log"
 CACHE_DIR = ".kfp-local-cache"
-TFJOB_EXECUTOR = "components.tfjob_trainer.Executor"  # under the pipeline root: one file per cache key
+TFJOB_EXECUTOR = "tfx_transfer.components.tfjob_trainer.Executor"  # under the pipeline root: one file per cache key
 # The settings that make rootful podman run containers on the development
 # machines (see docs/kubeflow.md); harmless elsewhere.
 PODMAN_FLAGS = ["--storage-driver", "vfs", "--runtime", "runc"]
@@ -72,7 +72,7 @@ def topological(tasks: Dict[str, Dict]) -> List[str]:
 
 
 def _pipeline_values(spec: Dict, runtime: Dict, values: Dict[str, Any]) -> Dict[str, Any]:
-    from pipeline.runners.kubeflow import declared_parameters, parameter_default
+    from tfx_transfer.pipeline.runners.kubeflow import declared_parameters, parameter_default
 
     out = {name: parameter_default(d) for name, d in declared_parameters(spec).items()}
     out.update(runtime.get("parameterValues") or {})
@@ -220,7 +220,7 @@ def cache_key(executor: Dict, component: Dict, params: Dict, artifacts: Dict) ->
 def run(package: str, params: List[str], engine: str = "process",
         echo=None) -> Dict[str, Any]:
     """Runs every task; returns {"run_dir", "tasks": {name: {state, seconds, outputs}}}."""
-    from pipeline.runners.kubeflow import load_package, parameter_values
+    from tfx_transfer.pipeline.runners.kubeflow import load_package, parameter_values
 
     echo = echo or (lambda line: print(line, flush=True))
     if engine not in ENGINES:
@@ -255,7 +255,7 @@ def run(package: str, params: List[str], engine: str = "process",
 
 def _operator(engine: str, log_dir: str, env: Dict[str, str], mounts: List[str]):
     """The local Training Operator; its workers run like the tasks do."""
-    from pipeline.runners.tfjob_local import Operator
+    from tfx_transfer.pipeline.runners.tfjob_local import Operator
 
     os.makedirs(log_dir, exist_ok=True)
 

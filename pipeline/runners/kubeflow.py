@@ -43,7 +43,7 @@ class SubmitError(RuntimeError):
 
 
 def _fail(field, message):
-    from pipeline.config import ConfigError
+    from tfx_transfer.pipeline.config import ConfigError
 
     raise ConfigError(f"{field}: {message}")
 
@@ -60,8 +60,8 @@ def build(config, pipeline_root: str, platform: str = "kubeflow"):
     """The pipeline of create_pipeline(config), with its runtime parameters as inputs."""
     from tfx import v1 as tfx
 
-    from pipeline.pipeline import RuntimeInputs, create_pipeline, trainer_custom_config
-    from pipeline.runners import local
+    from tfx_transfer.pipeline.pipeline import RuntimeInputs, create_pipeline, trainer_custom_config
+    from tfx_transfer.pipeline.runners import local
 
     changes: Dict[str, Any] = {}
     if platform in ("kubeflow", "local"):
@@ -160,8 +160,8 @@ def parameter_values(spec: Dict, params: List[str]) -> Dict[str, Any]:
     (tfjob.FIELD for the TFJob settings); values of fields are YAML scalars."""
     import yaml
 
-    from modules.config import ModuleConfig
-    from pipeline.config import ConfigError
+    from tfx_transfer.modules.config import ModuleConfig
+    from tfx_transfer.pipeline.config import ConfigError
 
     declared = declared_parameters(spec)
     values: Dict[str, Any] = {}

@@ -7,8 +7,8 @@ import resource
 import time
 from typing import List
 
-from pipeline.config import RunConfig
-from pipeline.runners.summary import metadata_path, summary_path, write_summary
+from tfx_transfer.pipeline.config import RunConfig
+from tfx_transfer.pipeline.runners.summary import metadata_path, summary_path, write_summary
 
 __all__ = ["run", "build", "beam_args", "metadata_path", "summary_path"]
 log = logging.getLogger("tfx_transfer")
@@ -32,7 +32,7 @@ def pipeline_root(config: RunConfig) -> str:
 def build(config: RunConfig):
     from tfx import v1 as tfx
 
-    from pipeline.pipeline import create_pipeline
+    from tfx_transfer.pipeline.pipeline import create_pipeline
 
     os.makedirs(config.deploy.output, exist_ok=True)
     return create_pipeline(
@@ -47,7 +47,7 @@ def run(config: RunConfig) -> dict:
     """Runs the pipeline with the configured local runner; returns the summary.
 
     One run per output at a time; a killed run's leftovers are cleaned first."""
-    from pipeline import run_lock
+    from tfx_transfer.pipeline import run_lock
 
     dep = config.deploy
     with run_lock.hold(dep.output) as stale:

@@ -11,8 +11,8 @@ import logging
 import os
 from typing import Any, Dict, List, Optional
 
-from modules import contract
-from pipeline.config import RunConfig
+from tfx_transfer.modules import contract
+from tfx_transfer.pipeline.config import RunConfig
 
 log = logging.getLogger("tfx_transfer")
 ACCURACY = "sparse_categorical_accuracy"
@@ -216,7 +216,7 @@ def write_summary(config: RunConfig, wall_s: Optional[float] = None,
         summary["metrics"]["slices"] = evaluation["slices"]
     blessing = nodes.get("Evaluator", {}).get("outputs", {}).get("blessing")
     summary["blessed"] = bool(blessing and _prop(blessing[0], "blessed") == 1)
-    from pipeline import blessing as blessing_rule
+    from tfx_transfer.pipeline import blessing as blessing_rule
 
     summary["blessing"] = blessing_rule.threshold(config)
     pushed = nodes.get("Pusher", {}).get("outputs", {}).get("pushed_model")
@@ -226,7 +226,7 @@ def write_summary(config: RunConfig, wall_s: Optional[float] = None,
     summary["push_result"] = (_prop(pushed[0], "push_result") or None) if pushed else None
     projector = nodes.get("EmbeddingProjector", {}).get("outputs", {})
     if projector:
-        from components.embedding_projector import summary_section
+        from tfx_transfer.components.embedding_projector import summary_section
 
         summary["projector"] = summary_section(projector)
     summary["timings_s"] = {n: v["seconds"] for n, v in nodes.items()}
