@@ -21,6 +21,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from tfx_transfer.modules import contract
 from tfx_transfer.modules.config import TrainingConfig
 
 log = logging.getLogger("tfx_transfer.probe_solver")
@@ -262,7 +263,7 @@ def solve_head(head, train_features, eval_features, cfg: TrainingConfig) -> Dict
     """
     start = time.time()
     x, y = _arrays(train_features)
-    dense = head.get_layer("probabilities")
+    dense = head.get_layer(contract.PROBABILITIES)
     num_classes = int(dense.units)
     result = solve(x, y, num_classes, l2=cfg.probe_l2, seed=cfg.seed,
                    label_smoothing=cfg.label_smoothing)
