@@ -30,7 +30,9 @@ from tfx_transfer.modules import contract  # noqa: E402
 ROWS = {
     # name: (description, config overrides)
     "probe_cached_96": ("linear probe, cached features, 10 epochs",
-                        dict(mode="linear_probe", image_size=96, cache_features=True)),
+                        # the epoch probe: 10 epochs against the frozen row's 10
+                        dict(mode="linear_probe", image_size=96, cache_features=True,
+                             probe_solver="sgd")),
     "probe_frozen_96": ("linear probe, frozen graph (backbone every epoch), 10 epochs",
                         dict(mode="linear_probe", image_size=96, cache_features=False)),
     "lp_ft_96": ("probe 10 epochs, then fine-tune top 2 groups for 2 epochs",

@@ -27,6 +27,7 @@ from tfx_transfer.modules import backbones, contract, probe_solver, progress_eve
 from tfx_transfer.modules.config import ModelConfig, ModuleConfig, TrainingConfig
 
 log = logging.getLogger("tfx_transfer.trainer")
+SAVE_TRACES = False  # see export
 SHUFFLE_BUFFER = 10_000  # examples (encoded images, or pooled features: ~50 MB at 1280-d)
 
 
@@ -123,14 +124,6 @@ def build_head(dim: int, num_classes: int, cfg: ModelConfig) -> keras.Model:
     outputs = keras.layers.Dense(num_classes, activation="softmax", dtype="float32",
                                  name=contract.PROBABILITIES)(x)
     return keras.Model(inputs, outputs, name="head")
-
-
-def embedding_model(model: keras.Model) -> keras.Model:
-    """image -> penultimate activations (the input of the last Dense)."""
-    head = model.get_layer("head")
-    last = head.get_layer(contract.PROBABILITIES)
-    inner = keras.Model(head.input, last.input)
-    return keras.Model(model.input, inner(model.get_layer("pool").output))
 
 
 def unfreeze_top_groups(backbone: keras.Model, entry: backbones.Backbone, n: int) -> List[str]:
@@ -248,19 +241,23 @@ def image_dataset(file_pattern, data_accessor, tf_transform_output, batch_size: 
 
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
-    return (dataset.map(apply, num_parallel_calls=tf.data.AUTOTUNE)
+    # Not converted by autograph: it would transpile the Transform layer's code
+    # (seconds of every run's set-up) and there is no tensor control flow in it.
+    return (dataset.map(tf.autograph.experimental.do_not_convert(apply),
+                        num_parallel_calls=tf.data.AUTOTUNE)
             .with_options(options).prefetch(tf.data.AUTOTUNE))
 
 
-def cached_features(images: tf.data.Dataset, feature_model: keras.Model, path: str,
+def cached_features(images: tf.data.Dataset, extract, path: str,
                     phase: str) -> Tuple[tf.data.Dataset, int, float]:
-    """Pooled backbone features, computed once and streamed to a cache file."""
+    """Pooled backbone features, computed once and streamed to a cache file.
+
+    `extract` is one tf.function for every split, so the backbone is traced once."""
     stale = tf.io.gfile.glob(path + "_*.lockfile")
     if stale:  # a killed run left a half-written cache; tf.data would refuse to touch it
         log.warning("removing the incomplete feature cache of a previous attempt: %s", path)
         for f in tf.io.gfile.glob(path + "*"):
             tf.io.gfile.remove(f)
-    extract = tf.function(lambda x: feature_model(x, training=False))
     ds = images.map(lambda x, y: (extract(x), y)).cache(path)
     start, n = time.time(), 0
     progress_events.emit(f"features {phase}", 0)
@@ -327,11 +324,13 @@ def train(mc: ModuleConfig, train_images: tf.data.Dataset, eval_images: tf.data.
         keras.mixed_precision.set_global_policy("mixed_float16")
     mode, bs = cfg.mode, cfg.batch_size
     entry = backbones.get(mc.model.backbone)
+    start = time.time()
     with strategy.scope():
         model, backbone, head = build_model(mc.model, num_classes, weights)
     report: Dict[str, Any] = {"mode": mode, "backbone": entry.name,
                               "image_size": mc.model.image_size,
-                              "num_classes": num_classes, "phases": []}
+                              "num_classes": num_classes, "phases": [],
+                              "build_model_s": round(time.time() - start, 2)}
     tf.io.gfile.makedirs(work_dir)  # gs:// on clusters
     aug = augmentation(cfg, mc.model.image_size)
     use_cache = cfg.cache_features and aug is None
@@ -362,9 +361,10 @@ def train(mc: ModuleConfig, train_images: tf.data.Dataset, eval_images: tf.data.
         if use_cache:
             with strategy.scope():
                 feature_model = keras.Model(model.input, model.get_layer("pool").output)
-            tr, n_tr, s_tr = cached_features(train_images, feature_model,
+            extract = tf.function(lambda x: feature_model(x, training=False), autograph=False)
+            tr, n_tr, s_tr = cached_features(train_images, extract,
                                              os.path.join(work_dir, "features_train"), "train")
-            ev, n_ev, s_ev = cached_features(eval_images, feature_model,
+            ev, n_ev, s_ev = cached_features(eval_images, extract,
                                              os.path.join(work_dir, "features_eval"), "eval")
             report["phases"].append({"phase": "feature_extraction", "examples": n_tr + n_ev,
                                      "seconds": round(s_tr + s_ev, 2),
@@ -420,27 +420,41 @@ def _count(ds):
 
 # --------------------------------------------------------------------------
 # Export
-def _outputs(model, images, class_names):
-    probs = model(images, training=False)
-    ids = tf.argmax(probs, axis=-1)
-    # `classes` names every column of `probabilities` (the convention of TF's
-    # canned estimators), so a client can name its top-k without the vocabulary file.
-    classes = tf.tile(class_names[tf.newaxis, :], [tf.shape(probs)[0], 1])
-    return {contract.PROBABILITIES: probs, contract.CLASS_IDS: ids,
-            contract.CLASS_NAMES: tf.gather(class_names, ids), contract.CLASSES: classes}
-
-
 def export(model: keras.Model, tf_transform_output, path: str, class_names: List[str]):
     """SavedModel with serving_default (tf.Examples), serving_images (encoded
     bytes), transform_features (for TFMA) and embeddings (for the projector)."""
     model.tft_layer = tf_transform_output.transform_features_layer()
     names = tf.constant(class_names)
-    embed = embedding_model(model)
+    # One network with both outputs, behind one tf.function: the five
+    # signatures call it, so the backbone is traced once, not once each.
+    head = model.get_layer("head")
+    inner = keras.Model(head.input, head.get_layer(contract.PROBABILITIES).input)
+    network = keras.Model(model.input, [model.output, inner(model.get_layer("pool").output)])
     raw_spec = tf_transform_output.raw_feature_spec()
     # Only the features a request must carry: serving examples have no label.
     image_spec = {contract.IMAGE_KEY: raw_spec[contract.IMAGE_KEY]}
     label_spec = {contract.LABEL_KEY: raw_spec[contract.LABEL_KEY]}
     image_shape = [-1] + list(raw_spec[contract.IMAGE_KEY].shape)
+
+    # autograph=False here and in the signatures: converting the code of every
+    # Keras and TFT layer to graph code took most of the export (56 s of 64 s
+    # under load); none of that code branches on tensors in Python.
+    @tf.function(autograph=False)
+    def forward(pixels):
+        probs, embedding = network(pixels, training=False)
+        ids = tf.argmax(probs, axis=-1)
+        # `classes` names every column of `probabilities` (the convention of TF's
+        # canned estimators), so a client can name its top-k without the vocabulary file.
+        classes = tf.tile(names[tf.newaxis, :], [tf.shape(probs)[0], 1])
+        return {contract.PROBABILITIES: probs, contract.CLASS_IDS: ids,
+                contract.CLASS_NAMES: tf.gather(names, ids), contract.CLASSES: classes,
+                contract.EMBEDDING: embedding}
+
+    def outputs(pixels, embedding=False):
+        out = dict(forward(pixels))
+        if not embedding:
+            out.pop(contract.EMBEDDING)
+        return out
 
     def pixels_from(encoded):
         encoded = tf.reshape(encoded, image_shape)
@@ -449,31 +463,33 @@ def export(model: keras.Model, tf_transform_output, path: str, class_names: List
     def images_from(serialized):
         return pixels_from(tf.io.parse_example(serialized, image_spec)[contract.IMAGE_KEY])
 
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=contract.EXAMPLES_INPUT)])
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=contract.EXAMPLES_INPUT)],
+                 autograph=False)
     def serve_examples(examples):
-        return _outputs(model, images_from(examples), names)
+        return outputs(images_from(examples))
 
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=contract.IMAGES_INPUT)])
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=contract.IMAGES_INPUT)],
+                 autograph=False)
     def serve_images(images):
-        return _outputs(model, pixels_from(images), names)
+        return outputs(pixels_from(images))
 
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=contract.EXAMPLES_INPUT)])
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=contract.EXAMPLES_INPUT)],
+                 autograph=False)
     def transform_features(examples):
         parsed = tf.io.parse_example(examples, label_spec)
         out = model.tft_layer({contract.LABEL_KEY: parsed[contract.LABEL_KEY]})
         return {contract.LABEL_ID_KEY: out[contract.LABEL_ID_KEY]}
 
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=contract.EXAMPLES_INPUT)])
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=contract.EXAMPLES_INPUT)],
+                 autograph=False)
     def embeddings(examples):
-        pixels = images_from(examples)
-        out = _outputs(model, pixels, names)
-        out[contract.EMBEDDING] = embed(pixels, training=False)
-        return out
+        return outputs(images_from(examples), embedding=True)
 
     # TF Serving's Classify API takes only this shape of signature (classifier.cc).
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=contract.CLASSIFY_INPUT)])
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=contract.CLASSIFY_INPUT)],
+                 autograph=False)
     def classification(inputs):
-        out = _outputs(model, images_from(inputs), names)
+        out = outputs(images_from(inputs))
         return {contract.CLASSIFY_CLASSES: out[contract.CLASSES],
                 contract.CLASSIFY_SCORES: out[contract.PROBABILITIES]}
 
@@ -484,7 +500,10 @@ def export(model: keras.Model, tf_transform_output, path: str, class_names: List
         contract.EMBEDDINGS: embeddings.get_concrete_function(),
         contract.CLASSIFICATION: classification.get_concrete_function(),
     }
-    model.save(path, save_format="tf", signatures=signatures)
+    # save_traces=False: Keras would otherwise trace every layer's call again
+    # (most of the export's time) for keras.models.load_model, which no consumer
+    # uses: TFMA, the projector and the servers read the signatures.
+    model.save(path, save_format="tf", signatures=signatures, save_traces=SAVE_TRACES)
     # TF Serving replays it while loading, so production's first requests are warm.
     warmup.write_for_classifier(path, class_names)
 
@@ -493,6 +512,7 @@ def export(model: keras.Model, tf_transform_output, path: str, class_names: List
 def run_fn(fn_args):
     """TFX Trainer entry point."""
     logging.basicConfig(level=logging.INFO)
+    entered = time.time()
     # First: MultiWorkerMirrored must configure collectives before any TF op runs.
     strategy = choose_strategy()
     mc = ModuleConfig.from_custom_config(fn_args.custom_config)
@@ -516,8 +536,10 @@ def run_fn(fn_args):
     eval_ds = image_dataset(fn_args.eval_files, fn_args.data_accessor, tf_transform_output,
                             global_bs, num_classes, shuffle=False, seed=0)
     work_dir = os.path.join(fn_args.model_run_dir, "work")
+    setup_s = time.time() - entered
     model, report = train(mc, train_ds, eval_ds, num_classes, work_dir,
                           log_dir=fn_args.model_run_dir, weights=weights, strategy=strategy)
+    report["setup_s"] = round(setup_s, 2)  # strategy, transform graph, input pipelines
     report["class_names"] = class_names
     report["strategy"] = type(strategy).__name__
     report["replicas"] = strategy.num_replicas_in_sync
@@ -535,8 +557,9 @@ def run_fn(fn_args):
         start = time.time()
         progress_events.emit("exporting the model", 0)
         export(model, tf_transform_output, out_dir, class_names)
-        report["export_s"] = round(time.time() - start, 1)
+        report["export_s"] = round(time.time() - start, 2)
         model_root = os.path.dirname(fn_args.serving_model_dir.rstrip("/"))
+        report["run_fn_s"] = round(time.time() - entered, 2)
         for name, payload in ((contract.TRAINING_REPORT_FILE, report),
                               (contract.MODULE_CONFIG_FILE, mc.to_custom_config())):
             with tf.io.gfile.GFile(os.path.join(model_root, name), "w") as f:

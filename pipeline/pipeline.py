@@ -66,6 +66,9 @@ def eval_config(config: RunConfig, num_classes: Optional[int]) -> tfma.EvalConfi
     return tfma.EvalConfig(
         model_specs=[tfma.ModelSpec(
             signature_name=contract.SERVING_DEFAULT,
+            # Stated, so TFMA does not load the model with Keras first to find
+            # out (a whole extra load); it reads the signatures either way.
+            model_type=tfma.TF_GENERIC,
             label_key=contract.LABEL_ID_KEY,
             prediction_key=contract.PROBABILITIES,
             # The label is a class name; this signature maps it to the id the

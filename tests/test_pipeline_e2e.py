@@ -65,6 +65,13 @@ def test_pushed_model_has_tf_serving_layout_and_signatures(tiny_run):
     # reverse-alphabetical) order, never from sorted() class folders
     vocab = summary["classes"]
     assert [n.decode() for n in by_images["class_names"].numpy()] == [vocab[i] for i in ids]
+    # The signatures share one traced network: all agree on the same images.
+    embedded = model.signatures["embeddings"](examples=tf.constant(examples))
+    np.testing.assert_allclose(embedded["probabilities"].numpy(), probs, atol=1e-6)
+    assert embedded["embedding"].shape[0] == 6 and embedded["embedding"].shape[1] > 0
+    classified = model.signatures["classification"](inputs=tf.constant(examples))
+    np.testing.assert_allclose(classified["scores"].numpy(), probs, atol=1e-6)
+    assert set(by_images) == {"probabilities", "class_ids", "class_names", "classes"}
 
 
 def test_tfma_label_mapping_uses_the_vocabulary(tiny_run):

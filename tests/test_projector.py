@@ -114,6 +114,16 @@ def test_projections_are_seeded(method, monkeypatch):
     assert P.silhouette(a, labels) > 0.5
 
 
+def test_umap_compiled_code_is_cached_between_runs():
+    # numba caches only functions marked cache=True; umap marks few, so each
+    # new process compiled them again (~20 s of a 100-point projection).
+    umap = P.import_umap()
+    from numba.core import config
+
+    assert type(umap.umap_.smooth_knn_dist._cache).__name__ == "FunctionCache"
+    assert config.CACHE_DIR
+
+
 def test_tensorboard_files_load_after_moving(tmp_path):
     rng = np.random.default_rng(0)
     before, after = rng.normal(size=(30, 8)), rng.normal(size=(30, 4))

@@ -26,3 +26,14 @@ def test_default_beam_args_avoid_the_prism_download():
     assert "--runner=FnApiRunner" in args
     assert runners.beam_args(tiny_config("/tmp/x", beam_args=["--runner=DataflowRunner"])) == \
         ["--runner=DataflowRunner"]
+
+
+def test_in_process_beam_runners_skip_the_tfx_sdist():
+    # TFX builds an sdist of itself for remote Beam workers unless a dependency
+    # flag is present; in-process runners get one, remote runners keep staging.
+    from tfx_transfer.pipeline.runners import local as runners
+
+    assert runners.NO_STAGING in runners.local_beam_args(tiny_config("/tmp/x"))
+    for args in (["--runner=DataflowRunner"], ["--setup_file=./setup.py"]):
+        assert runners.NO_STAGING not in runners.local_beam_args(
+            tiny_config("/tmp/x", beam_args=args))

@@ -167,7 +167,8 @@ def test_a_killed_feature_extraction_leaves_no_stale_cache(tmp_path):
     (tmp_path / "features_train_0.lockfile").write_text("x")
     feature_model, _, _ = trainer.build_model(cfg().model, CLASSES, None)
     feature_model = keras.Model(feature_model.input, feature_model.get_layer("pool").output)
-    _, n, _ = trainer.cached_features(data(), feature_model, str(path), "train")
+    extract = tf.function(lambda x: feature_model(x, training=False))
+    _, n, _ = trainer.cached_features(data(), extract, str(path), "train")
     assert n == N
 
 

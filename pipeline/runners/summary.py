@@ -207,7 +207,8 @@ def write_summary(config: RunConfig, wall_s: Optional[float] = None,
             report = json.load(f)
         summary["training"] = {k: report.get(k) for k in (
             "phases", "params", "trainable_params", "strategy", "replicas", "unfrozen_layers",
-            "final_val_accuracy", "probe_solver")}
+            "final_val_accuracy", "probe_solver", "setup_s", "build_model_s", "export_s",
+            "run_fn_s")}
     eval_uri = _uri(nodes, "Evaluator", "evaluation")
     evaluation = read_evaluation(eval_uri, classes) if eval_uri else {}
     summary["metrics"] = {k: evaluation.get(k) for k in (
