@@ -30,6 +30,7 @@ COPY pipeline/ pipeline/
 COPY components/ components/
 COPY modules/ modules/
 COPY serving/ serving/
+COPY tfx_transfer/ tfx_transfer/
 # The same pins as `make venv`: what ran the tests is what runs on the cluster.
 # setuptools first: setup.py needs it to say what to install.
 RUN --mount=type=bind,target=/context \

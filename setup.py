@@ -11,10 +11,11 @@ setup(
                 "runnable locally and on Kubeflow Pipelines",
     python_requires=">=3.10,<3.11",
     # The design's folders (pipeline/, components/, modules/, serving/) install
-    # under one `tfx_transfer` namespace instead of claiming four generic
+    # under one `tfx_transfer` package instead of claiming four generic
     # top-level import names in site-packages.
-    packages=["tfx_transfer." + p for p in _PACKAGES],
-    package_dir={"tfx_transfer." + p: p.replace(".", "/") for p in _PACKAGES},
+    packages=["tfx_transfer"] + ["tfx_transfer." + p for p in _PACKAGES],
+    package_dir={"tfx_transfer": "tfx_transfer",
+                 **{"tfx_transfer." + p: p.replace(".", "/") for p in _PACKAGES}},
     # Layer counts the weights-file check compares against (pipeline/preflight.py).
     package_data={"tfx_transfer.pipeline": ["backbone_weight_layers.json"]},
     # Versions live in constraints.txt (pip install -c constraints.txt ...).

@@ -67,11 +67,19 @@ def _yaml(tmp, text):
     return path
 
 
+def _cli_in(tree: str) -> str:
+    """The CLI module of an unpacked checkout: the folders were top-level
+    packages before the tfx_transfer package (which finds them in a checkout)."""
+    if os.path.isfile(os.path.join(tree, "tfx_transfer", "__init__.py")):
+        return "tfx_transfer.pipeline.cli"
+    return "pipeline.cli"
+
+
 def run_cli(tree: str, flags, timeout: float):
     env = dict(os.environ, PYTHONPATH=tree, TF_USE_LEGACY_KERAS="1")
     start = time.time()
     try:
-        proc = subprocess.run([sys.executable, "-m", "tfx_transfer.pipeline.cli", "run", *flags], cwd=tree,
+        proc = subprocess.run([sys.executable, "-m", _cli_in(tree), "run", *flags], cwd=tree,
                               env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                               text=True, timeout=timeout)
         rc, text = proc.returncode, proc.stdout

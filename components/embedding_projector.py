@@ -50,7 +50,7 @@ class EmbeddingProjection(types.Artifact):
     # its type name (kubeflow_v2_entrypoint_utils._retrieve_class_path), and
     # its compiler takes only `module.Class` names: components/__init__.py
     # provides this one.
-    TYPE_NAME = "tfx_transfer.components.EmbeddingProjection"
+    TYPE_NAME = "tfx_transfer.EmbeddingProjection"  # importable by that name: tfx_transfer/__init__.py
 
 
 class EmbeddingProjectorSpec(types.ComponentSpec):
