@@ -258,7 +258,7 @@ def test_a_two_worker_tfjob_trainer_runs_its_pods_as_containers(tiny_run, podman
     from tfx_transfer.modules import contract
 
     config, summary = tiny_run
-    result = run_compiled(config, tmp_path, "podman", podman_root, tfjob_workers=2)
+    result = run_compiled(config, tmp_path, "podman", podman_root, tfjob_workers=2, image=IMAGE)
     tasks = result["tasks"]
     assert all(t["state"] in ("SUCCEEDED", "CACHED") for t in tasks.values())
     assert tasks["Trainer"]["state"] == "SUCCEEDED"
