@@ -28,7 +28,7 @@ test: venv
 
 # pytest exits 5 when no test is selected; that is not a failure here. The
 # podman run of the compiled pipeline is opt-in (.ci/run with CI_PODMAN=1):
-# on vfs storage each task's container copies the 4 GB image.
+# it needs `make image` first, about a quarter of an hour on vfs storage.
 test-slow: venv
 	$(BIN)/python -m pytest -m "slow and not podman" $(PYTEST_ARGS) || [ $$? -eq 5 ]
 

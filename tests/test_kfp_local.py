@@ -273,3 +273,4 @@ def test_a_two_worker_tfjob_trainer_runs_its_pods_as_containers(tiny_run, podman
     chief, worker = (open(p).read() for p in logs)
     assert "-worker-0.kubeflow.svc:2222" in chief and "-worker-1.kubeflow.svc:2222" in chief
     assert "the chief writes the model" in worker
+    assert "group_size = 2" in chief and "group_size = 2" in worker  # TF's collective all-reduce
