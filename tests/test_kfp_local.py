@@ -133,6 +133,31 @@ def test_container_mounts_every_local_path_the_task_names(tmp_path):
     assert kfp_local.local_paths([str(data), str(weights)]) == [str(data), str(weights)]
 
 
+def test_podman_runs_on_the_mounted_image_with_its_environment(tmp_path, monkeypatch):
+    monkeypatch.setattr(kfp_local.shutil, "which", lambda name: "/usr/bin/" + name)
+    containers = kfp_local.Containers("podman", {})
+    calls = []
+
+    def engine(*args):
+        calls.append(args)
+        if args[:2] == ("image", "inspect"):
+            return json.dumps({"Env": ["PATH=/opt/py/bin:/usr/bin", "HOME=/home/tfx"]})
+        return "/var/lib/containers/storage/vfs/dir/abc\n"
+
+    monkeypatch.setattr(containers, "_call", engine)
+    monkeypatch.setattr(kfp_local.subprocess, "call", lambda argv, **kw: 0)  # image exists
+    argv = [containers.command("img:1", ["python", "-c", "pass"], [str(tmp_path)], "/w",
+                               {"HOME": "/x"}, "task") for _ in range(2)][-1]
+    assert [c[:2] for c in calls] == [("image", "inspect"), ("image", "mount")]  # once per image
+    assert "img:1" not in argv  # no copy of the image: its directory under an overlay
+    assert argv[-4:] == ["/var/lib/containers/storage/vfs/dir/abc:O", "python", "-c", "pass"]
+    assert "--rootfs" in argv
+    env = [argv[j + 1] for j, a in enumerate(argv) if a == "-e"]
+    # the image's environment first, the task's after it (the later one wins)
+    assert env == ["PATH=/opt/py/bin:/usr/bin", "HOME=/home/tfx", "HOME=/x"]
+    assert f"{tmp_path}:{tmp_path}" in argv
+
+
 def test_tfjob_worker_pods_become_containers_on_a_network_by_their_service_names(tmp_path,
                                                                                monkeypatch):
     from tfx_transfer.components import tfjob_trainer
