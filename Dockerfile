@@ -12,7 +12,7 @@
 # Python 3.10 base instead (k8s/image/), installing from a wheelhouse
 # downloaded on the host:
 #   --build-arg BASE_IMAGE=localhost/tfx-transfer-base:py3.10 \
-#   --build-arg BEAM_IMAGE=localhost/tfx-transfer-base:py3.10 \
+#   --build-arg BEAM_IMAGE=localhost/tfx-transfer-beam-stub:none \
 #   --build-arg PIP_ARGS="--no-index --find-links /context/build/wheelhouse"
 ARG BASE_IMAGE=tensorflow/tfx:1.16.0
 ARG BEAM_IMAGE=apache/beam_python3.10_sdk:2.74.0
@@ -41,8 +41,20 @@ tfx_transfer.modules.trainer, tfx_transfer.modules.transform, tfx_transfer.compo
 
 # Unprivileged, as the TFJob pods require (runAsUser 1000, read-only root
 # filesystem: HOME and /tmp are the writable places).
-RUN (getent passwd 1000 || useradd --uid 1000 --no-create-home --home-dir /home/tfx tfx) \
- && mkdir -p /home/tfx && chown 1000:0 /home/tfx && chmod 0770 /home/tfx
+#
+# Air-gapped clusters: WEIGHTS names a folder of the build context holding
+# Keras' ImageNet weight files (`make image WEIGHTS=../shared/weights` copies
+# them to build/weights). They go outside HOME, since a TFJob worker's HOME is
+# an emptyDir that hides the image's, and HOME's .keras/models links to them,
+# where tf_keras itself looks; TFX_TRANSFER_WEIGHTS_DIR tells the trainer.
+ARG WEIGHTS=""
+ENV TFX_TRANSFER_WEIGHTS_DIR=/opt/tfx-transfer/keras/models
+RUN --mount=type=bind,target=/context \
+    (getent passwd 1000 || useradd --uid 1000 --no-create-home --home-dir /home/tfx tfx) \
+ && mkdir -p /home/tfx/.keras $TFX_TRANSFER_WEIGHTS_DIR \
+ && if [ -n "$WEIGHTS" ]; then cp /context/$WEIGHTS/*.h5 $TFX_TRANSFER_WEIGHTS_DIR/; fi \
+ && ln -s $TFX_TRANSFER_WEIGHTS_DIR /home/tfx/.keras/models \
+ && chown -R 1000:0 /home/tfx $TFX_TRANSFER_WEIGHTS_DIR && chmod 0770 /home/tfx
 ENV HOME=/home/tfx \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1

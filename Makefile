@@ -10,7 +10,7 @@ MNV2_WEIGHTS := $(SHARED)/weights/mobilenet_v2_weights_tf_dim_ordering_tf_kernel
 DEMO_WEIGHTS ?= $(if $(wildcard $(MNV2_WEIGHTS)),$(abspath $(MNV2_WEIGHTS)),imagenet)
 PYTEST_ARGS ?=
 
-.PHONY: venv demo test test-slow test-all offline-weights constraints clean image base-image
+.PHONY: venv demo test test-slow test-all offline-weights constraints clean image base-image FORCE
 
 $(VENV)/.installed: setup.py constraints.txt
 	@test -n "$(PY310)" || { echo "Python 3.10 is required (TFX 1.16): install it or set PY310=/path/to/python3.10"; exit 1; }
@@ -28,7 +28,7 @@ test: venv
 
 # pytest exits 5 when no test is selected; that is not a failure here. The
 # podman run of the compiled pipeline is opt-in (.ci/run with CI_PODMAN=1):
-# on vfs storage each task's container copies the 4 GB image.
+# it needs `make image` first, about a quarter of an hour on vfs storage.
 test-slow: venv
 	$(BIN)/python -m pytest -m "slow and not podman" $(PYTEST_ARGS) || [ $$? -eq 5 ]
 
@@ -60,17 +60,31 @@ build/wheelhouse/.done: setup.py constraints.txt $(VENV)/.installed
 	PY=$(BIN)/python k8s/image/wheelhouse.sh build/wheelhouse
 	touch $@
 
+# WEIGHTS=DIR bakes DIR's ImageNet weight files into the image (air-gapped
+# clusters): `make image WEIGHTS=../shared/weights`.
+WEIGHTS ?=
+WEIGHTS_ARG = $(if $(WEIGHTS),--build-arg WEIGHTS=build/weights)
+
+build/weights: FORCE
+	rm -rf $@ && mkdir -p $@ $(if $(WEIGHTS),&& cp $(WEIGHTS)/*.h5 $@/)
+
+# The Dockerfile's Beam stage, locally: a tiny image of k8s/image/beam-stub/.
+# Not the base itself: podman 4.3 (buildah) deletes a stage's image after a
+# --layers=false build, and a stage that is only FROM BASE is the base image.
+BEAM_STUB := localhost/tfx-transfer-beam-stub:none
+
 ifeq ($(BASE_IMAGE),$(LOCAL_BASE))
-image: build/wheelhouse/.done
+image: build/wheelhouse/.done build/weights
 	$(ENGINE) image inspect $(LOCAL_BASE) >/dev/null 2>&1 || $(MAKE) base-image
+	tar -C k8s/image/beam-stub -cf - . | $(ENGINE) import - $(BEAM_STUB) >/dev/null
 	$(ENGINE) build $(if $(shell command -v podman),--layers=false) -t $(IMAGE) --build-arg BASE_IMAGE=$(LOCAL_BASE) \
-	    --build-arg BEAM_IMAGE=$(LOCAL_BASE) \
+	    --build-arg BEAM_IMAGE=$(BEAM_STUB) $(WEIGHTS_ARG) \
 	    --build-arg PIP_ARGS="--no-index --find-links /context/build/wheelhouse" .
 else
-image:
-	$(ENGINE) build -t $(IMAGE) --build-arg BASE_IMAGE=$(BASE_IMAGE) .
+image: build/weights
+	$(ENGINE) build -t $(IMAGE) --build-arg BASE_IMAGE=$(BASE_IMAGE) $(WEIGHTS_ARG) .
 endif
-	$(ENGINE) run --rm $(IMAGE) tfx-transfer --help >/dev/null
+	k8s/image/smoke.sh $(IMAGE) tfx-transfer --help >/dev/null
 	@echo "$(IMAGE): $$($(ENGINE) image inspect --format '{{.Size}}' $(IMAGE) | awk '{printf "%.2f GB", $$1/1e9}')"
 
 clean:

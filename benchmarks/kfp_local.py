@@ -3,6 +3,11 @@ of the same config, in one invocation: per-task seconds, accuracy, and what
 each engine costs per task (one process or container per task).
 
     python benchmarks/kfp_local.py [--config FILE] [--engine process|podman|docker]...
+        [--tfjob-workers N] [--start-overhead]
+
+--start-overhead also times one `python -c pass` in the image three ways: a
+process, `podman run IMAGE` (vfs copies the image for the container) and
+podman on the mounted image under an overlay (what submit --local does).
 """
 from __future__ import annotations
 
@@ -24,8 +29,12 @@ def main() -> int:
     p.add_argument("--engine", action="append", choices=["process", "podman", "docker"])
     p.add_argument("--image", default="tfx-transfer:dev")
     p.add_argument("--json", default=os.path.join(REPO, "benchmarks", "results", "kfp_local.json"))
+    p.add_argument("--tfjob-workers", type=int, default=0,
+                   help="compile with the Trainer as a TFJob of N workers")
+    p.add_argument("--start-overhead", action="store_true")
     args = p.parse_args()
     engines = args.engine or ["process"]
+    overhead = start_overhead(args.image) if args.start_overhead else {}
 
     from tfx_transfer.pipeline.runners import kfp_local, kubeflow
     from tfx_transfer.pipeline.runners import local as runners
@@ -39,9 +48,10 @@ def main() -> int:
     rows = {"LocalDagRunner": {"wall_s": round(time.time() - start, 1),
                                "tasks_s": summary["timings_s"],
                                "accuracy": summary["metrics"]["accuracy"]}}
+    compiled = config.replace(tfjob_workers=args.tfjob_workers, image=args.image)
     for engine in engines:
         package = os.path.join(work, f"{engine}.json")
-        kubeflow.compile_pipeline(config, package, image=args.image,
+        kubeflow.compile_pipeline(compiled, package, image=args.image,
                                   pipeline_root=os.path.join(work, engine), platform="local")
         start = time.time()
         result = kfp_local.run(package, [], engine=engine)
@@ -66,12 +76,40 @@ def main() -> int:
                 else r["tasks_s"].get(n)
             cells.append("" if v is None else f"{v:.4f}" if n == "accuracy" else f"{v:.1f}")
         print(f"| {n} | " + " | ".join(cells) + " |")
+    for how, seconds in overhead.items():
+        print(f"start overhead, {how}: {seconds:.1f} s")
     os.makedirs(os.path.dirname(args.json), exist_ok=True)
     with open(args.json, "w") as f:
-        json.dump({"config": args.config, "rows": rows,
-                   "note": "2-core machine shared with five other jobs: compare within this run"},
+        json.dump({"config": args.config, "tfjob_workers": args.tfjob_workers, "rows": rows,
+                   "start_overhead_s": overhead,
+                   "note": "2-core machine shared with other helpers' jobs: compare within this run"},
                   f, indent=1)
     return 0
+
+
+def start_overhead(image: str) -> dict:
+    """Seconds for `python -c pass`: as a process, and in the image with podman
+    both ways."""
+    import subprocess
+
+    from tfx_transfer.pipeline.runners import kfp_local
+
+    def timed(argv, env=None):
+        start = time.time()
+        subprocess.run(argv, check=True, env=env, stdout=subprocess.DEVNULL)
+        return round(time.time() - start, 2)
+
+    out = {"process": timed([sys.executable, "-c", "pass"])}
+    env = kfp_local._engine_env("podman")
+    containers = kfp_local.Containers("podman", env)
+    try:
+        out["podman, mounted image + overlay"] = timed(
+            containers.command(image, ["python", "-c", "pass"], [], "/tmp", {}, "bench-overlay"), env)
+        out["podman run IMAGE (vfs copy)"] = timed(
+            containers.base + ["run", "--rm", "--network", "none", image, "python", "-c", "pass"], env)
+    finally:
+        containers.close()
+    return out
 
 
 if __name__ == "__main__":

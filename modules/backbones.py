@@ -15,6 +15,8 @@ import os
 import re
 from typing import Callable, Dict, List, Optional
 
+from tfx_transfer.modules import contract
+
 # How each family normalises pixels (documentation; the function itself comes
 # from the family's module, so it is exactly what Keras Applications does).
 PREPROCESS_MODES = {
@@ -241,6 +243,10 @@ def resolve_weights(name: str, image_size: Optional[int], weights: Optional[str]
         path = os.path.join(cache, candidate)
         if os.path.isfile(path):
             return "imagenet" if candidate == fname else path
+    baked = os.environ.get(contract.WEIGHTS_DIR_ENV)  # weight files inside the image
+    for candidate in candidates if baked else []:
+        if os.path.isfile(os.path.join(baked, candidate)):
+            return os.path.join(baked, candidate)
     try:
         from tfx_transfer.modules import keras_compat  # noqa: F401
         from tf_keras.src.utils import data_utils

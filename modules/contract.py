@@ -58,3 +58,8 @@ TRAINING_REPORT_FILE = "training_report.json"  # next to the Model's serving dir
 MODULE_CONFIG_FILE = "transfer_config.json"  # the model/training config the Trainer used
 SKIPPED_FILES_FILE = "skipped_files.json"  # in the Examples artefact: files left out, and why
 SUMMARY_FILE = "summary.json"  # <output>/summary.json of a run
+
+# --- the container image ---------------------------------------------------------
+# A folder of Keras' ImageNet weight files outside HOME (the Dockerfile sets it;
+# a TFJob worker's HOME is an emptyDir that hides the image's ~/.keras).
+WEIGHTS_DIR_ENV = "TFX_TRANSFER_WEIGHTS_DIR"

@@ -110,6 +110,20 @@ def test_mobilenet_224_file_stands_in_for_other_sizes(tmp_path, monkeypatch):
     assert backbones.resolve_weights("MobileNetV2", 96, str(f)) == str(f)
 
 
+def test_weights_baked_into_the_image_are_found_when_home_is_empty(tmp_path, monkeypatch):
+    # A TFJob worker: HOME is a fresh emptyDir, the files sit in the image's folder.
+    from tfx_transfer.modules import contract
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    baked = tmp_path / "baked"
+    baked.mkdir()
+    f = baked / "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5"
+    f.write_bytes(b"x")
+    monkeypatch.setenv(contract.WEIGHTS_DIR_ENV, str(baked))
+    assert backbones.resolve_weights("MobileNetV2", 96, "imagenet") == str(f)
+    assert backbones.resolve_weights("MobileNetV2", 224, "imagenet") == str(f)
+
+
 def test_real_imagenet_weights_load_from_a_path(shared_weights):
     entry = backbones.get("MobileNetV2")
     model = entry.build(96, weights=shared_weights)

@@ -21,8 +21,10 @@ WORKER = ("import json, os, sys; t = json.loads(os.environ['TF_CONFIG']); "
 
 @pytest.fixture
 def operator(tmp_path):
-    def start(argv, env, log_path, image):
-        assert argv[:2] == ["python", "-c"] and image == "tfx-transfer:dev"
+    def start(pod, env, log_path):
+        c = pod["container"]
+        argv = c["command"] + c["args"]
+        assert argv[:2] == ["python", "-c"] and c["image"] == "tfx-transfer:dev"
         return subprocess.Popen([sys.executable] + argv[1:], stdout=open(log_path, "w"),
                                 stderr=subprocess.STDOUT, env={**os.environ, **env})
 

@@ -45,10 +45,6 @@ for exe in python3 python3.10 pip3; do
 done
 ln -sf "$PY_PREFIX/bin/python3.10" "$rootfs/usr/local/bin/python"
 ln -sf "$PY_PREFIX/bin/pip3" "$rootfs/usr/local/bin/pip"
-# The Dockerfile copies Beam's SDK boot program from Beam's image for
-# portable runners (Dataflow, Flink, Spark); none can be pulled here.
-mkdir -p "$rootfs/opt/apache/beam"
-echo "No Beam SDK boot program in this locally made base: DirectRunner only." > "$rootfs/opt/apache/beam/README"
 rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/*
 tar -C "$rootfs" -cf "$work/rootfs.tar" .
 $ENGINE rmi -f "$TAG" >/dev/null 2>&1 || true

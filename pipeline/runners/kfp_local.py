@@ -179,22 +179,72 @@ def local_paths(strings: List[str]) -> List[str]:
     return [p for p in paths if not any(p.startswith(q.rstrip("/") + "/") for q in paths if q != p)]
 
 
-def container_command(engine: str, image: str, command: List[str], mounts: List[str],
-                      workdir: str, env: Dict[str, str], name: str,
-                      network: str = "none") -> List[str]:
-    exe = shutil.which(engine)
-    if not exe:
-        raise LocalRunError(f"--engine {engine}: {engine} is not installed here")
-    # As the caller's uid, so that what tasks write into the mounted folders
-    # stays the caller's (KFP's pods write to object storage instead).
-    argv = [exe] + (PODMAN_FLAGS if engine == "podman" else []) + [
-        "run", "--rm", "--name", name, "--network", network, "-w", workdir,
-        "--user", f"{os.getuid()}:{os.getgid()}"]
-    for path in mounts:
-        argv += ["-v", f"{path}:{path}"]
-    for k, v in sorted(env.items()):
-        argv += ["-e", f"{k}={v}"]
-    return argv + [image] + command
+class Containers:
+    """Starts tasks' and workers' containers with podman or docker.
+
+    podman runs each container on the image's own root directory
+    (`podman image mount`) under a throw-away overlay (`--rootfs DIR:O`)
+    instead of copying the image for each container, which on the vfs
+    storage these machines need is a full copy of the ~4 GB image. The
+    container sees the same files and the image's configured environment,
+    as a kubelet's container would; what it writes goes to the overlay and is
+    dropped with it."""
+
+    def __init__(self, engine: str, env: Dict[str, str]):
+        exe = shutil.which(engine)
+        if not exe:
+            raise LocalRunError(f"--engine {engine}: {engine} is not installed here")
+        self.engine, self.env = engine, env
+        self.base = [exe] + (PODMAN_FLAGS if engine == "podman" else [])
+        self.rootfs: Dict[str, tuple] = {}
+        self.networks: List[str] = []
+
+    def _call(self, *args: str) -> str:
+        done = subprocess.run(self.base + list(args), env=self.env, capture_output=True, text=True)
+        if done.returncode:
+            raise LocalRunError(f"{self.engine} {' '.join(args)}: {done.stderr.strip()[-300:]}")
+        return done.stdout
+
+    def _image(self, image: str):
+        """(options, target): the run arguments that name the image; for podman
+        the options carry the image's environment."""
+        if self.engine != "podman":
+            return [], image
+        if image not in self.rootfs:
+            if subprocess.call(self.base + ["image", "exists", image], env=self.env):
+                raise LocalRunError(f"image {image} is not in podman's storage: make image IMAGE={image}")
+            config = json.loads(self._call("image", "inspect", "--format", "{{json .Config}}", image))
+            self.rootfs[image] = (self._call("image", "mount", image).strip(), config.get("Env") or [])
+        path, image_env = self.rootfs[image]
+        return [a for e in image_env for a in ("-e", e)] + ["--rootfs"], path + ":O"
+
+    def command(self, image: str, command: List[str], mounts: List[str], workdir: str,
+                env: Dict[str, str], name: str, network: str = "none",
+                extra: List[str] = ()) -> List[str]:
+        # As the caller's uid, so that what tasks write into the mounted folders
+        # stays the caller's (KFP's pods write to object storage instead).
+        argv = self.base + ["run", "--rm", "--name", name, "--network", network, "-w", workdir,
+                            "--user", f"{os.getuid()}:{os.getgid()}"] + list(extra)
+        for path in mounts:
+            argv += ["-v", f"{path}:{path}"]
+        options, target = self._image(image)  # the image's environment first: the task's wins
+        env_args = [a for k, v in sorted(env.items()) for a in ("-e", f"{k}={v}")]
+        return argv + options + env_args + [target] + command
+
+    def network(self, name: str) -> str:
+        """A bridge network whose containers find each other by name and alias (DNS)."""
+        self._call("network", "create", name)
+        self.networks.append(name)
+        return name
+
+    def close(self) -> None:
+        for image in self.rootfs:
+            subprocess.call(self.base + ["image", "unmount", image], env=self.env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for name in self.networks:
+            subprocess.call(self.base + ["network", "rm", "-f", name], env=self.env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.rootfs, self.networks = {}, []
 
 
 def _engine_env(engine: str) -> Dict[str, str]:
@@ -237,47 +287,80 @@ def run(package: str, params: List[str], engine: str = "process",
     cache_dir = os.path.join(root, CACHE_DIR)
     os.makedirs(cache_dir, exist_ok=True)
     env = _engine_env(engine)
+    containers = Containers(engine, env) if engine != "process" else None
     tasks = spec["root"]["dag"]["tasks"]
     operator = None
-    if TFJOB_EXECUTOR in json.dumps(spec["deploymentSpec"]):
-        # the workers see what the tasks see: the root, the data, a weights file
-        mounts = local_paths([root] + [json.dumps(v) if not isinstance(v, str) else v
-                                       for v in values.values()])
-        operator = _operator(engine, os.path.join(run_dir, "tfjob"), env, mounts)
-        env["KUBECONFIG"] = operator.serve()
     try:
+        if TFJOB_EXECUTOR in json.dumps(spec["deploymentSpec"]):
+            # the workers see what the tasks see: the root, the data, a weights file
+            mounts = local_paths([root] + [json.dumps(v) if not isinstance(v, str) else v
+                                           for v in values.values()])
+            operator = _operator(containers, os.path.join(run_dir, "tfjob"), env, mounts, run_name)
+            env["KUBECONFIG"] = operator.serve()
         return _run_tasks(spec, tasks, values, root, run_dir, run_name, cache_dir, engine, env,
-                          operator, echo)
+                          operator, echo, containers)
     finally:
         if operator:
             operator.close()
+        if containers:
+            containers.close()
 
 
-def _operator(engine: str, log_dir: str, env: Dict[str, str], mounts: List[str]):
-    """The local Training Operator; its workers run like the tasks do."""
-    from tfx_transfer.pipeline.runners.tfjob_local import Operator
+def _operator(containers: "Containers", log_dir: str, env: Dict[str, str], mounts: List[str],
+              run_name: str):
+    """The local Training Operator; its workers run like the tasks do.
+
+    In containers, each worker pod is a container with its own network
+    namespace on a bridge network, named after the pod and reachable under its
+    service's DNS name on the TFJob port, so the workers use the TF_CONFIG the
+    Training Operator writes (<job>-worker-<i>.<namespace>.svc:2222) unchanged."""
+    from tfx_transfer.pipeline.runners import tfjob_local
 
     os.makedirs(log_dir, exist_ok=True)
-
-    def start(argv, pod_env, log_path, image):
-        worker = os.path.splitext(os.path.basename(log_path))[0]
-        if engine == "process":
+    if containers is None:
+        def start_process(pod, pod_env, log_path):
+            c = pod["container"]
+            argv = c["command"] + c.get("args", [])
             # HOME is an emptyDir volume in the pod: a fresh folder here.
-            home = os.path.join(log_dir, worker + "-home")
+            home = os.path.join(log_dir, pod["name"] + "-home")
             os.makedirs(home, exist_ok=True)
             argv = [sys.executable] + argv[1:] if argv[0] in ("python", "python3") else argv
             full = {**env, **pod_env, "HOME": home}
             return subprocess.Popen(argv, stdout=open(log_path, "w"), stderr=subprocess.STDOUT,
                                     env=full, cwd=home)
-        argv = container_command(engine, image, argv, local_paths(mounts + argv), "/tmp", pod_env,
-                                 worker.lower()[-60:], network="host")
+
+        return tfjob_local.Operator(start_process, log_dir)
+
+    network = containers.network(("tfx-transfer-" + run_name)[-60:])
+
+    def start_container(pod, pod_env, log_path):
+        c, volumes = pod["container"], {v["name"]: v for v in pod["spec"].get("volumes", [])}
+        argv = c["command"] + c.get("args", [])
+        extra = ["--hostname", pod["name"], "--network-alias", tfjob_local.service_host(pod)]
+        security = c.get("securityContext", {})
+        if security.get("readOnlyRootFilesystem"):
+            extra += ["--read-only"] + (["--read-only-tmpfs=false"]
+                                        if containers.engine == "podman" else [])
+        for cap in security.get("capabilities", {}).get("drop", []):
+            extra += ["--cap-drop", cap.lower()]
+        if security.get("allowPrivilegeEscalation") is False:
+            extra += ["--security-opt", "no-new-privileges"]
+        for m in c.get("volumeMounts", []):
+            if "emptyDir" not in volumes.get(m["name"], {}):
+                raise LocalRunError(f"TFJob {pod['name']}: volume {m['name']} is not an emptyDir, "
+                                    "which is all the local Training Operator provides")
+            folder = os.path.join(log_dir, pod["name"], m["name"])  # a fresh emptyDir
+            os.makedirs(folder, exist_ok=True)
+            extra += ["-v", f"{folder}:{m['mountPath']}"]
+        argv = containers.command(c["image"], argv, local_paths(mounts + argv), "/tmp", pod_env,
+                                  pod["name"], network=network, extra=extra)
         return subprocess.Popen(argv, stdout=open(log_path, "w"), stderr=subprocess.STDOUT, env=env)
 
-    return Operator(start, log_dir)
+    return tfjob_local.Operator(start_container, log_dir, addresses=tfjob_local.service_addresses)
 
 
 def _run_tasks(spec, tasks, values, root, run_dir, run_name, cache_dir, engine, env, operator,
-               echo) -> Dict[str, Any]:
+               echo, containers) -> Dict[str, Any]:
     from kfp.local import placeholder_utils
 
     outputs: Dict[str, Dict] = {}
@@ -318,9 +401,9 @@ def _run_tasks(spec, tasks, values, root, run_dir, run_name, cache_dir, engine, 
             task_env = {"PYTHONUNBUFFERED": "1"}
             if operator:  # the Trainer reaches the local Kubernetes API on 127.0.0.1
                 task_env["KUBECONFIG"] = env["KUBECONFIG"]
-            argv = container_command(engine, container["image"], argv, mounts, task_root,
-                                     task_env, f"{run_name}-{task_name}".lower()[-60:],
-                                     network="host" if operator else "none")
+            argv = containers.command(container["image"], argv, mounts, task_root, task_env,
+                                      f"{run_name}-{task_name}".lower()[-60:],
+                                      network="host" if operator else "none")
             workdir = None
         start = time.time()
         with open(log_path, "w") as log:

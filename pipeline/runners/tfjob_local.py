@@ -8,9 +8,12 @@ worker 0's log) on 127.0.0.1 and hands the Trainer a kubeconfig naming it.
 A created TFJob's Worker replicas run as processes or containers with the
 generated pod template's command, args and env, and the TF_CONFIG the
 Training Operator gives each worker, so the spec tfjob_trainer generates is
-what runs. Not reproduced: scheduling, per-pod services (the workers meet on
-127.0.0.1 ports), restarts (restartPolicy/backoffLimit: a failed worker fails
-the job), the pod securityContext and GPU limits.
+what runs. Containers get the operator's own TF_CONFIG
+(<job>-worker-<i>.<namespace>.svc:2222, each worker in its own network
+namespace); processes meet on 127.0.0.1 ports instead. Not reproduced:
+scheduling, restarts (restartPolicy/backoffLimit: a failed worker fails the
+job), runAsUser (workers run as the caller, like the tasks), resource and GPU
+limits, emptyDir size limits.
 """
 from __future__ import annotations
 
@@ -26,6 +29,8 @@ from typing import Callable, Dict, List, Optional
 JOB_PATH = re.compile(r"^/apis/kubeflow\.org/v1/namespaces/([^/]+)/tfjobs(?:/([^/?]+))?")
 LOG_PATH = re.compile(r"^/api/v1/namespaces/([^/]+)/pods/([^/]+)/log")
 KUBECONFIG_FILE = "kubeconfig.yaml"
+# The Training Operator's port for a replica whose container names no "tfjob-port".
+TFJOB_PORT = 2222
 
 
 def free_ports(n: int) -> List[int]:
@@ -38,37 +43,57 @@ def free_ports(n: int) -> List[int]:
     return ports
 
 
-def tf_configs(n: int, ports: List[int]) -> List[Dict]:
+def local_addresses(name: str, namespace: str, n: int) -> List[str]:
+    """Worker addresses for processes on this machine: free 127.0.0.1 ports."""
+    return [f"127.0.0.1:{p}" for p in free_ports(n)]
+
+
+def pod_name(job: str, index: int) -> str:
+    return f"{job}-worker-{index}"
+
+
+def service_host(pod: Dict) -> str:
+    return f"{pod['name']}.{pod['namespace']}.svc"
+
+
+def service_addresses(name: str, namespace: str, n: int) -> List[str]:
+    """Worker addresses as the Training Operator writes them: each replica's
+    headless service (genClusterSpec in its pkg/controller.v1/tensorflow)."""
+    return [f"{pod_name(name, i)}.{namespace}.svc:{TFJOB_PORT}" for i in range(n)]
+
+
+def tf_configs(workers: List[str]) -> List[Dict]:
     """The TF_CONFIG of each Worker replica, as the Training Operator writes it."""
-    workers = [f"127.0.0.1:{p}" for p in ports]
     return [{"cluster": {"worker": workers}, "task": {"type": "worker", "index": i},
-             "environment": "cloud"} for i in range(n)]
+             "environment": "cloud"} for i in range(len(workers))]
 
 
 class Operator:
-    """Runs TFJobs' Worker replicas with start(argv, env, log_path) -> Popen."""
+    """Runs TFJobs' Worker replicas with start(pod, env, log_path) -> Popen, where
+    pod = {name, namespace, container, spec} comes from the replica's template."""
 
-    def __init__(self, start: Callable[[List[str], Dict[str, str], str, str], subprocess.Popen],
-                 log_dir: str):
-        self.start, self.log_dir = start, log_dir
+    def __init__(self, start: Callable[[Dict, Dict[str, str], str], subprocess.Popen],
+                 log_dir: str, addresses=local_addresses):
+        self.start, self.log_dir, self.addresses = start, log_dir, addresses
         self.jobs: Dict[str, Dict] = {}
         self.lock = threading.Lock()
         self.server: Optional[ThreadingHTTPServer] = None
 
     # -- the Training Operator's part --------------------------------------
     def create(self, body: Dict) -> Dict:
-        name = body["metadata"]["name"]
+        name, namespace = body["metadata"]["name"], body["metadata"].get("namespace", "default")
         replica = body["spec"]["tfReplicaSpecs"]["Worker"]
         n = int(replica["replicas"])
-        container = replica["template"]["spec"]["containers"][0]
-        ports = free_ports(n)
+        spec = replica["template"]["spec"]
+        container = spec["containers"][0]
         procs, logs = [], []
-        for i, tf_config in enumerate(tf_configs(n, ports)):
+        for i, tf_config in enumerate(tf_configs(self.addresses(name, namespace, n))):
             env = {e["name"]: e["value"] for e in container.get("env", [])}
             env["TF_CONFIG"] = json.dumps(tf_config)
-            log_path = os.path.join(self.log_dir, f"{name}-worker-{i}.log")
-            procs.append(self.start(container["command"] + container.get("args", []), env,
-                                    log_path, container["image"]))
+            pod = {"name": pod_name(name, i), "namespace": namespace, "container": container,
+                   "spec": spec}
+            log_path = os.path.join(self.log_dir, pod["name"] + ".log")
+            procs.append(self.start(pod, env, log_path))
             logs.append(log_path)
         job = dict(body, status={"conditions": [{"type": "Running", "status": "True"}]})
         with self.lock:
