@@ -1,5 +1,7 @@
 """Every registry entry builds with weights=None, runs a forward pass, and
 cuts into layer groups that never split a residual block."""
+import os
+
 import numpy as np
 import pytest
 
@@ -88,9 +90,11 @@ def test_offline_weights_error_names_the_file(tmp_path, monkeypatch):
         raise Exception("URL fetch failure: network unreachable")
 
     monkeypatch.setattr(data_utils, "get_file", offline)
+    monkeypatch.setattr(backbones, "shared_weights_dir", lambda: str(tmp_path / "no-shared"))
     with pytest.raises(backbones.WeightsUnavailable) as e:
         backbones.resolve_weights("ResNet50", 64, "imagenet")
     message = str(e.value)
+    assert "network unreachable" in message and "(Exception)" not in message  # the cause
     assert "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5" in message
     assert str(tmp_path / ".keras" / "models") in message
     assert "--weights none" in message
@@ -108,6 +112,22 @@ def test_mobilenet_224_file_stands_in_for_other_sizes(tmp_path, monkeypatch):
     assert backbones.resolve_weights("MobileNetV2", 96, "imagenet") == "imagenet"
     assert backbones.resolve_weights("MobileNetV2", 96, "none") is None
     assert backbones.resolve_weights("MobileNetV2", 96, str(f)) == str(f)
+
+
+def test_shared_weights_beside_the_checkout_are_found_offline(tmp_path, monkeypatch):
+    """As `make demo` passes ../shared/weights' file, `--weights imagenet` finds it there."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    shared = tmp_path / "shared" / "weights"
+    shared.mkdir(parents=True)
+    monkeypatch.setattr(backbones, "shared_weights_dir", lambda: str(shared))
+    f = shared / "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5"
+    f.write_bytes(b"x")
+    assert backbones.resolve_weights("MobileNetV2", 96, "imagenet") == str(f)
+    assert backbones.resolve_weights("MobileNetV2", 224, "imagenet") == str(f)
+    # The real folder is the checkout's sibling, as the Makefile's SHARED.
+    repo = os.path.dirname(os.path.dirname(os.path.realpath(backbones.__file__)))
+    monkeypatch.undo()
+    assert backbones.shared_weights_dir() == os.path.join(os.path.dirname(repo), "shared", "weights")
 
 
 def test_real_imagenet_weights_load_from_a_path(shared_weights):
