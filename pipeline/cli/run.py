@@ -31,10 +31,6 @@ def cmd_run(args) -> int:
     if verbosity != progress.QUIET:
         print(f"tfx-transfer: {config.model.backbone} {config.training.mode} on {data} -> {output} "
               f"(full log: {output}/logs/{progress.RUN_LOG})", flush=True)
-    ignored = preflight.ignored_files(data)
-    if ignored:
-        with open(os.path.join(output, preflight.IGNORED_FILE), "w") as f:
-            json.dump(ignored, f, indent=1)
     start = time.time()
     with progress.run_view(output, verbosity,
                            totals=preflight.expected_examples(data, config.data.eval_fraction)):
@@ -48,7 +44,6 @@ def cmd_run(args) -> int:
         backbones.resolve_weights(m.backbone, m.image_size, m.weights)
         with progress.component_hooks():
             summary = local.run(config)
-    summary["ignored_files"] = len(ignored)
     if verbosity != progress.QUIET:
         print(f"finished in {progress.seconds(time.time() - start)}\n")
     print(report.result_block(summary, output))
