@@ -22,7 +22,7 @@ INTERRUPTED = 130  # the shell's code for a run ended by Ctrl-C (128 + SIGINT)
 def cmd_run(args) -> int:
     config = config_from_args(args)
     preflight.check_run(config)
-    verbosity = progress.QUIET if args.quiet else progress.VERBOSE if args.verbose else progress.NORMAL
+    verbosity = progress.verbosity(args)
     output, data = config.deploy.output, config.data.data
     try:
         os.makedirs(os.path.join(output, progress.LOG_DIR), exist_ok=True)
