@@ -9,6 +9,21 @@ def _split(value):
     return [v.strip() for v in value.split(",") if v.strip()] if value else []
 
 
+def _given_size(args, base):
+    """[the size] when --image-size, --set image_size= or the config file set one:
+    it applies to every combination. [] otherwise: each backbone at its own size
+    (the config has filled in the default backbone's, which must not spread)."""
+    import yaml
+
+    given = args.image_size is not None or any(
+        f.partition("=")[0].strip() == "image_size" for f in args.set_fields or [])
+    if not given and args.config:
+        with open(args.config) as f:
+            raw = yaml.safe_load(f) or {}
+        given = "image_size" in raw or "image_size" in (raw.get("model") or {})
+    return [base.model.image_size] if given else []
+
+
 def cmd_compare(args) -> int:
     from tfx_transfer.pipeline import preflight
     from tfx_transfer.pipeline.cli import progress
@@ -17,7 +32,7 @@ def cmd_compare(args) -> int:
     base = config_from_args(args)
     preflight.check_run(base)
     unfreeze = [int(v) for v in _split(args.unfreeze)]
-    sizes = [int(v) for v in _split(args.image_sizes)]
+    sizes = [int(v) for v in _split(args.image_sizes)] or _given_size(args, base)
     output, verbosity = base.deploy.output, progress.verbosity(args)
     if verbosity != progress.QUIET:
         print(f"tfx-transfer compare: {base.data.data} -> {output} "
