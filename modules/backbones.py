@@ -248,7 +248,7 @@ def resolve_weights(name: str, image_size: Optional[int], weights: Optional[str]
     fname, origin = wanted_weights_file(backbone, size)
     cache = keras_cache_dir()
     candidates = [fname]
-    if f"_{size}_" in fname:
+    if f"_{size}_" in fname and size != 224:
         candidates.append(fname.replace(f"_{size}_", "_224_"))
     for folder in (cache, shared_weights_dir()):
         for candidate in candidates:

@@ -98,6 +98,22 @@ def test_offline_weights_error_names_the_file(tmp_path, monkeypatch):
     assert "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5" in message
     assert str(tmp_path / ".keras" / "models") in message
     assert "--weights none" in message
+    assert "(or " not in message  # no stand-in file for ResNet50
+
+
+def test_offline_error_offers_the_224_file_once(tmp_path, monkeypatch):
+    from tf_keras.src.utils import data_utils
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setattr(backbones, "shared_weights_dir", lambda: str(tmp_path / "no-shared"))
+    monkeypatch.setattr(data_utils, "get_file", lambda *a, **k: (_ for _ in ()).throw(OSError("offline")))
+    name = "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_{}_no_top.h5"
+    for size, stand_in in ((96, True), (224, False)):
+        with pytest.raises(backbones.WeightsUnavailable) as e:
+            backbones.resolve_weights("MobileNetV2", size, "imagenet")
+        message = str(e.value)
+        assert f"Keras wanted the file: {name.format(size)}" in message
+        assert (f"(or {name.format(224)} there" in message) == stand_in, message
 
 
 def test_mobilenet_224_file_stands_in_for_other_sizes(tmp_path, monkeypatch):
