@@ -29,4 +29,6 @@ def phase(task: str, total=None, unit: str = "img"):
     start = time.monotonic()
     emit(task, 0, total, unit, started=True)
     yield
-    emit(task, total or 0, total, unit, finished=True, seconds=time.monotonic() - start)
+    # No rate: the whole count was there at the start (points projected at once).
+    emit(task, total or 0, total, unit, finished=True, seconds=time.monotonic() - start,
+         rate=False)

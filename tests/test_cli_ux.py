@@ -518,7 +518,8 @@ def test_evaluator_and_projector_phases_show_counts_and_seconds():
                                              started=True)))
         clock.t += took
         view.emit(_record("x", progress=dict(task=step, done=100, total=100, unit="points",
-                                             finished=True, seconds=took)))
+                                             finished=True, seconds=took,
+                                             rate=step.startswith("embedding"))))
     _component(view, "EmbeddingProjector", "finish")
     view.emit(_record("x", progress=dict(task="run 2/4: MobileNet_lp_ft_u1", done=0, heading=True)))
     lines = out.getvalue().splitlines()
@@ -528,6 +529,8 @@ def test_evaluator_and_projector_phases_show_counts_and_seconds():
     for step, took in (("PCA after", "0.5 s"), ("UMAP after", "12.0 s")):
         mine = [l for l in lines if step in l]
         assert len(mine) == 1 and mine[0].endswith(took) and "100 points" in mine[0], lines
+        assert "/s" not in mine[0]  # all points at once: a rate would mean nothing
+    assert "50.0 points/s" in next(l for l in lines if "embedding" in l)
     assert lines[-2].split()[:2] == ["EmbeddingProjector", "done"]
 
 

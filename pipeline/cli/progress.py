@@ -112,8 +112,9 @@ class ProgressView(logging.Handler):
             self._print(f"    {info['task']:<22}{_metrics(info):<58}{seconds(now - self.task['t0']):>8}")
         elif info.get("finished"):
             took = info.get("seconds", now - self.task["t0"])
-            count = (f"{info['done']} {info['unit']}, {info['done'] / max(took, 1e-3):.1f} "
-                     f"{info['unit']}/s" if info["done"] else "")
+            count = f"{info['done']} {info['unit']}" if info["done"] else ""
+            if info["done"] and info.get("rate", True):
+                count += f", {info['done'] / max(took, 1e-3):.1f} {info['unit']}/s"
             self._print(f"    {info['task']:<32}{count:<48}{seconds(took):>8}")
             self.task = None
         elif self.live:
