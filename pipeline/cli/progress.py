@@ -238,12 +238,6 @@ def component_hooks():
             progress_events.emit("evaluating", scored["n"], split="eval")
         return out
 
-    setup = model_util.DoFnWithModels.setup
-
-    def hooked_setup(self):  # loading the SavedModel(s): most of a small evaluation
-        with progress_events.phase("loading the model for TFMA"):
-            return setup(self)
-
     def hooked_launch_counted(self, *args, **kwargs):
         scored["n"] = 0
         return hooked_launch(self, *args, **kwargs)
@@ -251,13 +245,11 @@ def component_hooks():
     launcher.Launcher.launch, launcher.Launcher._prepare_execution = \
         hooked_launch_counted, hooked_prepare
     model_util.ModelSignaturesDoFn._batch_reducible_process = hooked_infer
-    model_util.DoFnWithModels.setup = hooked_setup
     try:
         yield
     finally:
         launcher.Launcher.launch, launcher.Launcher._prepare_execution = launch, prepare
         model_util.ModelSignaturesDoFn._batch_reducible_process = infer
-        model_util.DoFnWithModels.setup = setup
 
 
 @contextlib.contextmanager
