@@ -26,7 +26,7 @@ from tfx.types import artifact_utils, standard_artifacts
 from tfx.types.component_spec import ChannelParameter, ExecutionParameter
 from tfx.utils import io_utils
 
-from tfx_transfer.modules import contract
+from tfx_transfer.modules import contract, progress_events
 from tfx_transfer.modules.contract import FILENAME_KEY, IMAGE_KEY, LABEL_KEY
 
 log = logging.getLogger("tfx_transfer.projector")
@@ -126,12 +126,18 @@ def embed_after(model_uri: str, serialized: List[bytes]):
     import tensorflow as tf
     from tfx.utils import path_utils
 
-    fn = tf.saved_model.load(path_utils.serving_model_path(model_uri)).signatures[contract.EMBEDDINGS]
+    with progress_events.phase("loading the trained model"):
+        fn = tf.saved_model.load(path_utils.serving_model_path(model_uri)).signatures[
+            contract.EMBEDDINGS]
     embeddings, predicted = [], []
+    t0 = time.monotonic()
     for start in range(0, len(serialized), BATCH):
         out = fn(**{contract.EXAMPLES_INPUT: tf.constant(serialized[start:start + BATCH])})
         embeddings.append(out[contract.EMBEDDING].numpy().astype(np.float32))
         predicted.extend(v.decode() for v in out[contract.CLASS_NAMES].numpy())
+        progress_events.emit("embedding (trained model)", len(predicted), len(serialized))
+    progress_events.emit("embedding (trained model)", len(predicted), len(serialized),
+                         finished=True, seconds=time.monotonic() - t0)
     return np.concatenate(embeddings), predicted
 
 
@@ -174,8 +180,13 @@ def embed_before(model_uri: str, transform_graph_uri: str, images: List[bytes], 
         pixels = tft_layer({IMAGE_KEY: tf.reshape(encoded, shape)})[IMAGE_KEY]
         return pool(backbone(pixels, training=False))
 
-    out = [features(tf.constant(images[s:s + BATCH])).numpy()
-           for s in range(0, len(images), BATCH)]
+    out, t0 = [], time.monotonic()
+    for s in range(0, len(images), BATCH):
+        out.append(features(tf.constant(images[s:s + BATCH])).numpy())
+        progress_events.emit("embedding (backbone before)", min(s + BATCH, len(images)),
+                             len(images))
+    progress_events.emit("embedding (backbone before)", len(images), len(images), finished=True,
+                         seconds=time.monotonic() - t0)
     return np.concatenate(out).astype(np.float32), mc
 
 
@@ -212,7 +223,8 @@ def project_and_report(out_dir: str, before, after, filenames: List[str], labels
         coords[stage], seconds = P.project_all(embeddings[stage], seed, stage=stage)
         timings.update({f"{m}_{stage}": s for m, s in seconds.items()})
         start = time.perf_counter()
-        metrics[stage] = P.stage_metrics(embeddings[stage], labels, coords[stage], seed)
+        with progress_events.phase(f"separability {stage}"):
+            metrics[stage] = P.stage_metrics(embeddings[stage], labels, coords[stage], seed)
         timings[f"metrics_{stage}"] = round(time.perf_counter() - start, 3)
         log.info("projector: %s metrics in %.1fs: silhouette %s, %d-NN accuracy %s", stage,
                  timings[f"metrics_{stage}"], metrics[stage]["silhouette"], P.KNN_K,
@@ -222,10 +234,11 @@ def project_and_report(out_dir: str, before, after, filenames: List[str], labels
 
     start = time.perf_counter()
     paths = {k: os.path.join(out_dir, v) for k, v in FILES.items()}
-    P.write_points(paths["points"], filenames, labels, predicted, coords)
-    P.plot_panels(paths["figure"], coords, labels, class_names, metrics, title)
-    P.write_tensorboard(paths["tensorboard"], embeddings, labels, predicted, filenames,
-                        thumbnails)
+    with progress_events.phase("drawing and writing"):
+        P.write_points(paths["points"], filenames, labels, predicted, coords)
+        P.plot_panels(paths["figure"], coords, labels, class_names, metrics, title)
+        P.write_tensorboard(paths["tensorboard"], embeddings, labels, predicted, filenames,
+                            thumbnails)
     timings["write_outputs"] = round(time.perf_counter() - start, 3)
     P.write_report(paths["report"], paths["figure"], metrics, FILES, title)
     P.write_json(paths["metrics"], metrics)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from typing import Any, Dict, List, Optional, Tuple
 
 import apache_beam as beam
@@ -74,8 +75,12 @@ def _int(v):
 
 def image_to_example(path: str, input_base: str, groups: Optional[Dict[str, str]] = None,
                      budget: image_budget.ImageBudget = image_budget.ImageBudget()
-                     ) -> Tuple[Optional[tf.train.Example], Optional[str]]:
-    """(example, None) for a good image, (None, reason) for a bad one.
+                     ) -> Tuple[Optional[tf.train.Example], Optional[Tuple[str, Optional[str]]]]:
+    """(example, None) for a good image, (None, (reason, detail)) for a bad one.
+
+    The reason is a plain phrase a user can act on ("empty file", "not an
+    image", "truncated or corrupt JPEG"); the detail is the decoder's own
+    words, without TensorFlow's op text.
 
     The header is checked against the image budget before anything decodes it,
     and EXIF-rotated JPEGs are stored upright (the server applies the same
@@ -84,24 +89,23 @@ def image_to_example(path: str, input_base: str, groups: Optional[Dict[str, str]
         with tf.io.gfile.GFile(path, "rb") as f:
             data = f.read()
     except Exception as e:  # noqa: BLE001 -- unreadable for any reason is reported, not raised
-        return None, f"unreadable: {type(e).__name__}: {e}"
+        return None, ("unreadable file", f"{type(e).__name__}: {e}")
     if not data:
-        return None, "empty file"
+        return None, ("empty file", None)
     try:
         header = image_budget.check(data, budget)
         data = image_budget.upright(data, header)
     except image_budget.OverBudget as e:
-        return None, f"over the image budget: {e}"
+        return None, ("over the image budget", str(e))
     except image_budget.NotAnImage as e:
-        return None, f"not a decodable image: {e}"
+        return None, (_header_reason(str(e), data), str(e))
     try:
         image = tf.io.decode_image(data, channels=3, expand_animations=False)
         height, width = int(image.shape[0]), int(image.shape[1])
     except (tf.errors.InvalidArgumentError, tf.errors.UnknownError) as e:
-        message = str(e.message if hasattr(e, "message") else e).splitlines()[0]
-        return None, f"not a decodable image: {message}"
+        return None, (f"truncated or corrupt {header.format}", _without_op_text(e))
     if height == 0 or width == 0:
-        return None, f"image has no pixels ({height}x{width})"
+        return None, ("image with no pixels", f"{height}x{width}")
     label = os.path.basename(os.path.dirname(path))
     features = {
         contract.IMAGE_KEY: _bytes(data),
@@ -115,14 +119,34 @@ def image_to_example(path: str, input_base: str, groups: Optional[Dict[str, str]
     return tf.train.Example(features=tf.train.Features(feature=features)), None
 
 
+def _header_reason(message: str, data: bytes) -> str:
+    if message.startswith("not a JPEG"):
+        return "not an image"
+    if "declares no pixels" in message:
+        return "image with no pixels"
+    if message.startswith("cannot apply the EXIF"):
+        return "unreadable EXIF orientation"
+    return f"truncated or corrupt {image_budget.kind(data)}"
+
+
+def _without_op_text(e: Exception) -> str:
+    """'{{function_node __wrapped__DecodeImage_device_...}} Invalid PNG data [Op:DecodeImage]'
+    -> 'Invalid PNG data'."""
+    text = str(getattr(e, "message", e)).splitlines()[0]
+    text = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", text)
+    return re.sub(r"\s*\[Op:\w+\]", "", text).strip()
+
+
 class _ToExample(beam.DoFn):
     def __init__(self, input_base, groups, budget):
         self._input_base, self._groups, self._budget = input_base, groups, budget
 
     def process(self, path):
-        example, reason = image_to_example(path, self._input_base, self._groups, self._budget)
+        example, why = image_to_example(path, self._input_base, self._groups, self._budget)
         if example is None:
-            yield beam.pvalue.TaggedOutput("bad", json.dumps({"path": path, "reason": reason}))
+            reason, detail = why
+            yield beam.pvalue.TaggedOutput("bad", json.dumps(
+                {"path": path, "reason": reason, **({"detail": detail} if detail else {})}))
         else:
             yield example
 
@@ -178,7 +202,7 @@ class Executor(BaseExampleGenExecutor):
                                    json.dumps(skipped, indent=1))
         examples.set_int_custom_property("skipped_files", len(skipped))
         for s in skipped:
-            print(f"ImageExampleGen: skipped {s['path']}: {s['reason']}")
+            print(f"ImageExampleGen: skipped {s['path']}: {s['reason']} ({s.get('detail')})")
         total = sum(totals.values())
         if total and len(skipped) / total > max_bad:
             raise ImageDataError(

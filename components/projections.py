@@ -21,6 +21,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from tfx_transfer.modules import progress_events
+
 log = logging.getLogger("tfx_transfer.projector")
 
 METHODS = ("pca", "tsne", "umap")
@@ -159,7 +161,9 @@ def project_all(x: np.ndarray, seed: int, methods: Sequence[str] = METHODS,
     coords, seconds = {}, {}
     for method in methods:
         start = time.perf_counter()
-        coords[method] = project(x, method, seed)
+        with progress_events.phase(f"{METHOD_TITLES.get(method, method)} {stage}".strip(),
+                                   len(x), "points"):
+            coords[method] = project(x, method, seed)
         seconds[method] = round(time.perf_counter() - start, 3)
         log.info("projector: %s %s of %s in %.1fs", stage, METHOD_TITLES.get(method, method),
                  "x".join(map(str, x.shape)), seconds[method])

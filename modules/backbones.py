@@ -217,14 +217,27 @@ def wanted_weights_file(backbone: Backbone, image_size: Optional[int] = None):
     raise RuntimeError(f"{backbone.name} built without asking for a weights file")
 
 
+def shared_weights_dir() -> str:
+    """../shared/weights beside this checkout: the air-gapped development machines'
+    copy of the ImageNet files (the folder `make demo` passes a file from)."""
+    checkout = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))
+    return os.path.join(os.path.dirname(checkout), "shared", "weights")
+
+
+def _fetch_failure(e: Exception) -> str:
+    text = str(e).splitlines()[0] if str(e) else type(e).__name__
+    return text.split(" -- ")[-1][:120]  # Keras: "URL fetch failure on URL: None -- [Errno -3] ..."
+
+
 def resolve_weights(name: str, image_size: Optional[int], weights: Optional[str]) -> Optional[str]:
     """What to pass as `weights=`: None, 'imagenet' or a file path.
 
     ImageNet weights come from Keras' cache (~/.keras/models) when the file is
-    there, or from the network. MobileNet files are named per input size but
-    hold the same weights at every size, so the 224 file stands in for a
-    missing size-specific one. When nothing can be had, this fails before any
-    work starts, naming the file Keras wanted and where to put it.
+    there, else from the image's baked-in folder ($TFX_TRANSFER_WEIGHTS_DIR),
+    else from ../shared/weights beside the checkout, else from the network. MobileNet files are named per input size but hold the same
+    weights at every size, so the 224 file stands in for a missing
+    size-specific one. When nothing can be had, this fails before any work
+    starts, naming the file Keras wanted and where to put it.
     """
     if weights is None or weights.lower() == "none":
         return None
@@ -237,16 +250,14 @@ def resolve_weights(name: str, image_size: Optional[int], weights: Optional[str]
     fname, origin = wanted_weights_file(backbone, size)
     cache = keras_cache_dir()
     candidates = [fname]
-    if f"_{size}_" in fname:
+    if f"_{size}_" in fname and size != 224:
         candidates.append(fname.replace(f"_{size}_", "_224_"))
-    for candidate in candidates:
-        path = os.path.join(cache, candidate)
-        if os.path.isfile(path):
-            return "imagenet" if candidate == fname else path
     baked = os.environ.get(contract.WEIGHTS_DIR_ENV)  # weight files inside the image
-    for candidate in candidates if baked else []:
-        if os.path.isfile(os.path.join(baked, candidate)):
-            return os.path.join(baked, candidate)
+    for folder in [cache] + ([baked] if baked else []) + [shared_weights_dir()]:
+        for candidate in candidates:
+            path = os.path.join(folder, candidate)
+            if os.path.isfile(path):
+                return "imagenet" if folder == cache and candidate == fname else path
     try:
         from tfx_transfer.modules import keras_compat  # noqa: F401
         from tf_keras.src.utils import data_utils
@@ -255,13 +266,12 @@ def resolve_weights(name: str, image_size: Optional[int], weights: Optional[str]
         return "imagenet"
     except Exception as e:  # noqa: BLE001 -- any fetch failure means "offline"
         raise WeightsUnavailable(
-            f"ImageNet weights for {name} at {size}px are not available offline and could not "
-            f"be downloaded ({type(e).__name__}).\n"
+            f"ImageNet weights for {name} at {size}px are not in Keras' cache and could not "
+            f"be downloaded ({_fetch_failure(e)}).\n"
             f"  Keras wanted the file: {fname}\n"
             f"  from: {origin}\n"
             f"  Put it at: {os.path.join(cache, fname)}"
             + (f"\n  (or {candidates[1]} there: the same weights serve every input size)"
                if len(candidates) > 1 else "") + "\n"
-            "  (`make offline-weights` copies ../shared/weights there.)\n"
-            f"  or pass its path with --weights PATH, or train from scratch with --weights none."
+            f"  or pass that file with --weights PATH, or train from scratch with --weights none."
         ) from None

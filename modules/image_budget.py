@@ -75,7 +75,7 @@ def read_header(data: bytes) -> ImageHeader:
         if data.startswith(b"BM"):
             return _bmp(data)
     except (struct.error, IndexError):
-        raise NotAnImage(f"truncated {_kind(data)} header ({len(data)} bytes)") from None
+        raise NotAnImage(f"truncated {kind(data)} header ({len(data)} bytes)") from None
     raise NotAnImage(f"not a JPEG, PNG, GIF or BMP image ({len(data)} bytes, "
                      f"starting {data[:8]!r})")
 
@@ -122,7 +122,8 @@ def upright(data: bytes, header: Optional[ImageHeader] = None) -> bytes:
 
 
 # ----------------------------------------------------------------------------
-def _kind(data: bytes) -> str:
+def kind(data: bytes) -> str:
+    """The format its first bytes name (JPEG, PNG, GIF, BMP), else "image"."""
     return {b"\x89P": "PNG", b"\xff\xd8": "JPEG", b"GI": "GIF", b"BM": "BMP"}.get(data[:2], "image")
 
 

@@ -265,6 +265,7 @@ def cached_features(images: tf.data.Dataset, extract, path: str,
         n += int(y.shape[0])
         progress_events.emit(f"features {phase}", n)
     seconds = time.time() - start
+    progress_events.emit(f"features {phase}", n, n, finished=True, seconds=seconds)
     log.info("%s: backbone features of %d examples in %.1fs (%.1f img/s), cached at %s",
              phase, n, seconds, n / max(seconds, 1e-9), path)
     return ds, n, seconds
@@ -555,8 +556,8 @@ def run_fn(fn_args):
     if is_chief():
         out_dir = fn_args.serving_model_dir
         start = time.time()
-        progress_events.emit("exporting the model", 0)
-        export(model, tf_transform_output, out_dir, class_names)
+        with progress_events.phase("exporting the model"):
+            export(model, tf_transform_output, out_dir, class_names)
         report["export_s"] = round(time.time() - start, 2)
         model_root = os.path.dirname(fn_args.serving_model_dir.rstrip("/"))
         report["run_fn_s"] = round(time.time() - entered, 2)

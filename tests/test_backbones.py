@@ -1,5 +1,7 @@
 """Every registry entry builds with weights=None, runs a forward pass, and
 cuts into layer groups that never split a residual block."""
+import os
+
 import numpy as np
 import pytest
 
@@ -88,12 +90,30 @@ def test_offline_weights_error_names_the_file(tmp_path, monkeypatch):
         raise Exception("URL fetch failure: network unreachable")
 
     monkeypatch.setattr(data_utils, "get_file", offline)
+    monkeypatch.setattr(backbones, "shared_weights_dir", lambda: str(tmp_path / "no-shared"))
     with pytest.raises(backbones.WeightsUnavailable) as e:
         backbones.resolve_weights("ResNet50", 64, "imagenet")
     message = str(e.value)
+    assert "network unreachable" in message and "(Exception)" not in message  # the cause
     assert "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5" in message
     assert str(tmp_path / ".keras" / "models") in message
     assert "--weights none" in message
+    assert "(or " not in message  # no stand-in file for ResNet50
+
+
+def test_offline_error_offers_the_224_file_once(tmp_path, monkeypatch):
+    from tf_keras.src.utils import data_utils
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setattr(backbones, "shared_weights_dir", lambda: str(tmp_path / "no-shared"))
+    monkeypatch.setattr(data_utils, "get_file", lambda *a, **k: (_ for _ in ()).throw(OSError("offline")))
+    name = "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_{}_no_top.h5"
+    for size, stand_in in ((96, True), (224, False)):
+        with pytest.raises(backbones.WeightsUnavailable) as e:
+            backbones.resolve_weights("MobileNetV2", size, "imagenet")
+        message = str(e.value)
+        assert f"Keras wanted the file: {name.format(size)}" in message
+        assert (f"(or {name.format(224)} there" in message) == stand_in, message
 
 
 def test_mobilenet_224_file_stands_in_for_other_sizes(tmp_path, monkeypatch):
@@ -122,6 +142,22 @@ def test_weights_baked_into_the_image_are_found_when_home_is_empty(tmp_path, mon
     monkeypatch.setenv(contract.WEIGHTS_DIR_ENV, str(baked))
     assert backbones.resolve_weights("MobileNetV2", 96, "imagenet") == str(f)
     assert backbones.resolve_weights("MobileNetV2", 224, "imagenet") == str(f)
+
+
+def test_shared_weights_beside_the_checkout_are_found_offline(tmp_path, monkeypatch):
+    """As `make demo` passes ../shared/weights' file, `--weights imagenet` finds it there."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    shared = tmp_path / "shared" / "weights"
+    shared.mkdir(parents=True)
+    monkeypatch.setattr(backbones, "shared_weights_dir", lambda: str(shared))
+    f = shared / "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5"
+    f.write_bytes(b"x")
+    assert backbones.resolve_weights("MobileNetV2", 96, "imagenet") == str(f)
+    assert backbones.resolve_weights("MobileNetV2", 224, "imagenet") == str(f)
+    # The real folder is the checkout's sibling, as the Makefile's SHARED.
+    repo = os.path.dirname(os.path.dirname(os.path.realpath(backbones.__file__)))
+    monkeypatch.undo()
+    assert backbones.shared_weights_dir() == os.path.join(os.path.dirname(repo), "shared", "weights")
 
 
 def test_real_imagenet_weights_load_from_a_path(shared_weights):

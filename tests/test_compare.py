@@ -68,3 +68,23 @@ def test_compare_runs_other_backbones_and_reuses_the_cache(tmp_path, capsys):
               for d in sorted(os.listdir(tmp_path / "cmp" / "runs"))]
     assert sum(s["ImageExampleGen"] == "CACHED" for s in states) == 3
     assert os.path.exists(tmp_path / "cmp" / "leaderboard.png")
+
+
+def test_image_size_flag_applies_to_every_combination(tmp_path):
+    """`compare --image-size 96` ran every combination at the backbone's default
+    size (224) before: the flag reached the base config only."""
+    from tfx_transfer.pipeline import cli
+    from tfx_transfer.pipeline.cli.compare import _given_size
+    from tfx_transfer.pipeline.cli.options import config_from_args
+
+    data = tiny_config(tmp_path).data.data
+    (tmp_path / "sized.yaml").write_text("model:\n  image_size: 64\n")
+
+    def sizes(*flags):
+        args = cli.build_parser().parse_args(["compare", "--data", data, *flags])
+        return _given_size(args, config_from_args(args))
+
+    assert sizes("--image-size", "96") == [96]
+    assert sizes("--set", "image_size=128") == [128]
+    assert sizes("--config", str(tmp_path / "sized.yaml")) == [64]
+    assert sizes() == []  # each backbone at its own default size

@@ -77,6 +77,11 @@ def test_garbage_is_not_an_image(data):
         image_budget.check(data)
 
 
+PLAIN_REASONS = {"truncated.jpg": "truncated or corrupt JPEG", "empty.jpg": "empty file",
+                 "text.png": "not an image", "bomb.png": "over the image budget",
+                 "bomb.gif": "over the image budget"}
+
+
 def test_image_to_example_on_the_bad_file_set(tmp_path):
     files = bad_images.bad_file_set(bombs=False)
     files["bomb.png"] = (SMALL_PNG_BOMB, "skip-budget")
@@ -85,9 +90,9 @@ def test_image_to_example_on_the_bad_file_set(tmp_path):
     for name, (data, expected) in files.items():
         path = tmp_path / "c" / name
         path.write_bytes(data)
-        example, reason = image_to_example(str(path), str(tmp_path))
+        example, why = image_to_example(str(path), str(tmp_path))
         if expected == "ok":
-            assert reason is None, (name, reason)
+            assert why is None, (name, why)
             f = example.features.feature
             assert f["filename"].bytes_list.value[0].decode() == f"c/{name}"
             pixels = tf.io.decode_image(f["image"].bytes_list.value[0], channels=3,
@@ -96,7 +101,9 @@ def test_image_to_example_on_the_bad_file_set(tmp_path):
                                         f["width"].int64_list.value[0]), name
         else:
             assert example is None, name
-            assert ("over the image budget" in reason) == (expected == "skip-budget"), (name, reason)
+            reason, detail = why
+            assert reason == PLAIN_REASONS[name], (name, why)  # one plain phrase
+            assert "Op:" not in (detail or "") and "function_node" not in (detail or ""), detail
 
 
 def test_exif_rotated_jpeg_is_stored_upright(tmp_path, files):
@@ -164,11 +171,13 @@ def test_example_gen_run_reports_every_bad_file(tmp_path):
     for name, (payload, _) in files.items():
         (data / "cat" / name).write_bytes(payload)
     uri = run_example_gen(data, tmp_path, max_bad_fraction=0.5)
-    skipped = {os.path.basename(s["path"]): s["reason"]
-               for s in json.load(open(os.path.join(uri, "skipped_files.json")))}
+    listed = json.load(open(os.path.join(uri, "skipped_files.json")))
+    skipped = {os.path.basename(s["path"]): s["reason"] for s in listed}
     assert sorted(skipped) == sorted(n for n, (_, e) in files.items() if e != "ok")
-    assert "over the image budget" in skipped["bomb.png"]
-    assert "over the image budget" in skipped["bomb.gif"]
+    # One plain phrase per file; the decoder's words (no TensorFlow op text) beside it.
+    assert skipped == {n: PLAIN_REASONS[n] for n in skipped}
+    assert not any("Op:" in s.get("detail", "") or "function_node" in s.get("detail", "")
+                   for s in listed)
     kept = {r["filename"].decode() for s in ("train", "eval") for r in read_split(uri, s)}
     assert {f"cat/{n}" for n, (_, e) in files.items() if e == "ok"} <= kept
 

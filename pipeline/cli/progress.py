@@ -7,7 +7,10 @@ C++ output alike -- to <output>/logs/run.log, and the terminal gets one line
 per component plus live progress built from two sources: TFX's own
 component start/finish (component_hooks, around TFX's Launcher), and the
 events components emit through modules/progress_events.py (feature
-extraction, epochs, export).
+extraction, epochs, export, the projector's embedding and projections) or
+that component_hooks emits for them (the Evaluator's inference over TFMA).
+A step with a count gets rate and ETA; one without gets its seconds when it
+ends.
 
 On a terminal the current work is one line redrawn in place (a tqdm meter
 with rate and ETA); piped, a plain line at most every LINE_EVERY_S.
@@ -30,6 +33,11 @@ QUIET, NORMAL, VERBOSE = 0, 1, 2
 LINE_EVERY_S = 10.0  # piped: at most one progress line per task this often
 HEARTBEAT_S = 30.0
 NAME_WIDTH = 31  # fits latest_blessed_model_resolver  # piped: a "still running" line after this long without one
+
+def verbosity(args) -> int:
+    """QUIET, NORMAL or VERBOSE from --quiet / --verbose (options.add_output_flags)."""
+    return QUIET if args.quiet else VERBOSE if args.verbose else NORMAL
+
 
 def seconds(s: float) -> str:
     return f"{s:.1f} s" if s < 60 else f"{int(s // 60)} min {int(s % 60):02d} s"
@@ -95,12 +103,24 @@ class ProgressView(logging.Handler):
         self.task.update(info)
         if self.task.get("total") is None and info["task"].startswith("features "):
             self.task["total"] = self.totals.get(info["task"].split()[-1])
-        if info.get("epoch_end"):
+        if self.task.get("total") is None and info.get("split"):
+            self.task["total"] = self.totals.get(info["split"])
+        if info.get("heading"):  # e.g. compare's "run 2/4: ..." before its components
+            self._print(info["task"])
+            self.task = None
+        elif info.get("epoch_end"):
             self._print(f"    {info['task']:<22}{_metrics(info):<58}{seconds(now - self.task['t0']):>8}")
+        elif info.get("finished"):
+            took = info.get("seconds", now - self.task["t0"])
+            count = f"{info['done']} {info['unit']}" if info["done"] else ""
+            if info["done"] and info.get("rate", True):
+                count += f", {info['done'] / max(took, 1e-3):.1f} {info['unit']}/s"
+            self._print(f"    {info['task']:<32}{count:<48}{seconds(took):>8}")
+            self.task = None
         elif self.live:
             self._status()
-        elif new and info["done"] == 0:  # a task that announces its start (export, features)
-            self._print(f"    {info['task']}")
+        elif new and info["done"] == 0 and not info.get("started"):
+            self._print(f"    {info['task']}")  # a counted task announces its start (features)
         elif not new and now - self.last_line >= LINE_EVERY_S:
             self._print(f"    {self._meter(now, ascii_only=True)}")
 
@@ -201,11 +221,35 @@ def component_hooks():
                              cached=getattr(self, "_tfx_transfer_cached", False))
         return result
 
-    launcher.Launcher.launch, launcher.Launcher._prepare_execution = hooked_launch, hooked_prepare
+    # TFMA says nothing while it runs the model over the eval split: count the
+    # examples its inference DoFn (in this process: FnApiRunner, one worker)
+    # has scored. The transform_features pass uses the same DoFn; only the
+    # predictions pass counts.
+    from tensorflow_model_analysis import constants as tfma_constants
+    from tensorflow_model_analysis.utils import model_util, util as tfma_util
+
+    infer = model_util.ModelSignaturesDoFn._batch_reducible_process
+    scored = {"n": 0}
+
+    def hooked_infer(self, batched_extract):
+        out = infer(self, batched_extract)
+        if self._output_keypath == [tfma_constants.PREDICTIONS_KEY]:
+            scored["n"] += tfma_util.batch_size(batched_extract)
+            progress_events.emit("evaluating", scored["n"], split="eval")
+        return out
+
+    def hooked_launch_counted(self, *args, **kwargs):
+        scored["n"] = 0
+        return hooked_launch(self, *args, **kwargs)
+
+    launcher.Launcher.launch, launcher.Launcher._prepare_execution = \
+        hooked_launch_counted, hooked_prepare
+    model_util.ModelSignaturesDoFn._batch_reducible_process = hooked_infer
     try:
         yield
     finally:
         launcher.Launcher.launch, launcher.Launcher._prepare_execution = launch, prepare
+        model_util.ModelSignaturesDoFn._batch_reducible_process = infer
 
 
 @contextlib.contextmanager

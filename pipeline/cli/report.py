@@ -28,19 +28,6 @@ def params(n: Optional[int]) -> str:
     return str(n)
 
 
-def plain_reason(reason: str) -> str:
-    """A skip reason in a few words, without TensorFlow's op text."""
-    text = reason.lower()
-    for needles, phrase in ((("empty file",), "empty file"),
-                            (("unknown image file format", "not an image"), "not an image"),
-                            (("premature end", "truncat", "corrupt", "invalid jpeg"), "truncated JPEG"),
-                            (("unreadable", "permission"), "unreadable file"),
-                            (("no pixels",), "image with no pixels")):
-        if any(n in text for n in needles):
-            return phrase
-    return "cannot be decoded"
-
-
 def ordered_timings(timings: Dict[str, float]) -> List[tuple]:
     rank = {n: i for i, n in enumerate(PIPELINE_ORDER)}
     nodes = [n for n in timings if n != "total_wall"]
@@ -51,7 +38,7 @@ def ordered_timings(timings: Dict[str, float]) -> List[tuple]:
 def class_table(per_class: Dict[str, Dict[str, Any]]) -> List[str]:
     width = max([5] + [len(c) for c in per_class])
     lines = [f"    {'class':<{width}}  {'precision':>9}  {'recall':>8}  {'F1':>8}  {'images':>6}"]
-    for name, v in per_class.items():
+    for name, v in sorted(per_class.items()):  # name order, as the confusion matrix
         lines.append(f"    {name:<{width}}  {pct(v['precision'], 1):>9}  {pct(v['recall'], 1):>8}  "
                      f"{pct(v['f1'], 1):>8}  {v['support']:>6}")
     return lines
@@ -77,13 +64,14 @@ def result_block(summary: Dict[str, Any], output: str) -> str:
     skipped = summary.get("skipped_files") or []
     if skipped:
         examples = (summary.get("artifacts", {}).get("ImageExampleGen", {}).get("examples") or [""])[0]
-        reasons = Counter(plain_reason(s.get("reason", "")) for s in skipped)
+        reasons = Counter(s.get("reason", "?") for s in skipped)
         lines.append(f"  skipped {len(skipped)} files ("
                      + ", ".join(f"{n} {r}" for r, n in reasons.most_common())
                      + f"): {os.path.join(examples, contract.SKIPPED_FILES_FILE)}")
     if summary.get("ignored_files"):
-        lines.append(f"  ignored {summary['ignored_files']} files that are not images by name: "
-                     f"{os.path.join(output, IGNORED_FILE)}")
+        lines.append(f"  ignored {summary['ignored_files']} files that are not images by name "
+                     "(not counted as bad): "
+                     f"{summary.get('ignored_files_list') or os.path.join(output, IGNORED_FILE)}")
     timings = summary.get("timings_s") or {}
     if timings:
         lines.append("  time: " + ", ".join(f"{n} {seconds(s)}" for n, s in ordered_timings(timings))

@@ -22,7 +22,7 @@ INTERRUPTED = 130  # the shell's code for a run ended by Ctrl-C (128 + SIGINT)
 def cmd_run(args) -> int:
     config = config_from_args(args)
     preflight.check_run(config)
-    verbosity = progress.QUIET if args.quiet else progress.VERBOSE if args.verbose else progress.NORMAL
+    verbosity = progress.verbosity(args)
     output, data = config.deploy.output, config.data.data
     try:
         os.makedirs(os.path.join(output, progress.LOG_DIR), exist_ok=True)
@@ -31,10 +31,6 @@ def cmd_run(args) -> int:
     if verbosity != progress.QUIET:
         print(f"tfx-transfer: {config.model.backbone} {config.training.mode} on {data} -> {output} "
               f"(full log: {output}/logs/{progress.RUN_LOG})", flush=True)
-    ignored = preflight.ignored_files(data)
-    if ignored:
-        with open(os.path.join(output, preflight.IGNORED_FILE), "w") as f:
-            json.dump(ignored, f, indent=1)
     start = time.time()
     with progress.run_view(output, verbosity,
                            totals=preflight.expected_examples(data, config.data.eval_fraction)):
@@ -48,7 +44,6 @@ def cmd_run(args) -> int:
         backbones.resolve_weights(m.backbone, m.image_size, m.weights)
         with progress.component_hooks():
             summary = local.run(config)
-    summary["ignored_files"] = len(ignored)
     if verbosity != progress.QUIET:
         print(f"finished in {progress.seconds(time.time() - start)}\n")
     print(report.result_block(summary, output))

@@ -138,7 +138,7 @@ def cmd_serve(args) -> int:
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
-        "predict", help="classify images with a served model over gRPC (TF Serving API)")
+        "predict", help="classify images with a served model over gRPC or REST (TF Serving API)")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (JPEG, PNG, GIF, BMP)")
     where = p.add_mutually_exclusive_group(required=True)
     where.add_argument("--server", help="HOST:PORT of TF Serving or `tfx-transfer serve` (gRPC)")
@@ -146,18 +146,18 @@ def register(subparsers) -> None:
                        help="http://HOST:PORT of their REST API (TF Serving's --rest_api_port)")
     p.add_argument("--model", required=True, help="model name")
     p.add_argument("--signature", default=SERVING_IMAGES,
-                   help="serving_images (encoded images) or serving_default (tf.Examples)")
+                   help="serving_images (encoded images; the default) or serving_default (tf.Examples)")
     version = p.add_mutually_exclusive_group()
     version.add_argument("--version", type=int, help="model version (default: the newest)")
     version.add_argument("--version-label", help="version label, e.g. stable")
-    p.add_argument("--top-k", type=int, default=5)
+    p.add_argument("--top-k", type=int, default=5, help="most probable classes shown per image (default: 5)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--timeout", type=float, default=30.0,
-                   help="deadline of each request in seconds, retries included")
-    p.add_argument("--batch-size", type=int, default=32, help="images per request")
-    p.add_argument("--labels", help="class vocabulary file (the model's assets/label) for the "
-                                    "names of all top-k classes; the model itself names only "
-                                    "the top-1 class")
+                   help="deadline of each request in seconds, retries included (default: 30)")
+    p.add_argument("--batch-size", type=int, default=32, help="images per request (default: 32)")
+    p.add_argument("--labels", help="class vocabulary file (a model's assets/label), one name a "
+                                    "line: names the top-k classes of models exported without "
+                                    "the `classes` output (current exports name them all)")
     p.add_argument("--tls", action="store_true", help="TLS with the system's root certificates")
     p.add_argument("--root-certs", help="PEM root certificates (implies TLS)")
     p.add_argument("--client-cert", help="PEM client certificate chain (mutual TLS)")

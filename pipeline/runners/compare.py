@@ -14,7 +14,7 @@ import logging
 import os
 from typing import Any, Dict, List, Optional
 
-from tfx_transfer.modules import contract
+from tfx_transfer.modules import contract, progress_events
 from tfx_transfer.pipeline.config import RunConfig
 
 log = logging.getLogger("tfx_transfer.compare")
@@ -130,6 +130,8 @@ def compare(base: RunConfig, backbones: List[str], modes: List[str], unfreeze: L
     rows = []
     for i, config in enumerate(configs, 1):
         log.info("compare %d/%d: %s", i, len(configs), config.deploy.model_name)
+        progress_events.emit(f"run {i}/{len(configs)}: {config.deploy.model_name}", 0,
+                             heading=True)
         summary = local.run(config)
         run_dir = os.path.join(base.deploy.output, "runs", config.deploy.model_name)
         os.makedirs(run_dir, exist_ok=True)
