@@ -12,7 +12,7 @@ assets.extra/tf_serving_warmup_requests replayed, as TF Serving does), `png`
 `session` (the server's, as TF Serving: a Session on the MetaGraph) and
 `object` (the former one, tf.saved_model.load). Modes alternate trial by
 trial, so load from other jobs hits them alike.
-(2) REST vs gRPC: one `python -m serving.cli serve --rest-api-port 0` process;
+(2) REST vs gRPC: one `python -m tfx_transfer.pipeline.cli serve --rest-api-port 0` process;
 ServingClient and RestClient alternate rounds of `predict` at batch 1 and 32;
 p50 per transport and their ratio. Also the wall time from starting `serve` to
 its ready line (ports open).
@@ -105,7 +105,7 @@ def transport(model_dir, rounds, per_round, files):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=REPO)
     start = time.perf_counter()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "serving.cli", "serve", "--model-base-path", base,
+        [sys.executable, "-m", "tfx_transfer.pipeline.cli", "serve", "--model-base-path", base,
          "--model-name", "m", "--port", "0", "--rest-api-port", "0", "--max-batch-size", "64"],
         cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
