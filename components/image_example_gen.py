@@ -56,13 +56,16 @@ def hash_split_config(eval_fraction: float,
         ))
 
 
-def list_images(input_base: str, split_pattern: str) -> List[str]:
-    files = tf.io.gfile.glob(os.path.join(input_base, split_pattern))
-    files = [f for f in files if not file_kinds.is_not_image(f) and not tf.io.gfile.isdir(f)]
+def list_images(input_base: str, split_pattern: str) -> Tuple[List[str], List[str]]:
+    """(image files, files left out by name as not images: notes, CSVs, hidden files)."""
+    files = [f for f in tf.io.gfile.glob(os.path.join(input_base, split_pattern))
+             if not tf.io.gfile.isdir(f)]
+    ignored = sorted(f for f in files if file_kinds.is_not_image(f))
+    images = [f for f in files if not file_kinds.is_not_image(f)]
     # Class folders listed in order would be written class after class, and a
     # bounded shuffle buffer in the Trainer would then see one class at a
     # time. A hash order is random-looking yet the same on every run.
-    return sorted(files, key=lambda f: hashlib.md5(f.encode()).hexdigest())
+    return sorted(images, key=lambda f: hashlib.md5(f.encode()).hexdigest()), ignored
 
 
 def _bytes(v):
@@ -159,7 +162,7 @@ def _ImagesToExample(pipeline: beam.Pipeline, exec_properties: Dict[str, Any],
     input_base = exec_properties[standard_component_specs.INPUT_BASE_KEY]
     groups = json.loads(exec_properties.get(_GROUPS) or "null")
     budget = image_budget.ImageBudget.from_dict(json.loads(exec_properties.get(_BUDGET) or "null"))
-    files = list_images(input_base, split_pattern)
+    files, _ = list_images(input_base, split_pattern)
     label = split_pattern.replace("*", "x").replace("/", "_")
     results = (pipeline
                | f"ListImages[{label}]" >> beam.Create(files)
@@ -183,7 +186,7 @@ class Executor(BaseExampleGenExecutor):
         input_config = example_gen_pb2.Input()
         proto_utils.json_to_proto(exec_properties[standard_component_specs.INPUT_CONFIG_KEY],
                                   input_config)
-        totals = _check_layout(input_base, input_config, groups)
+        totals, ignored = _check_layout(input_base, input_config, groups)
 
         examples = artifact_utils.get_single_instance(
             output_dict[standard_component_specs.EXAMPLES_KEY])
@@ -201,6 +204,9 @@ class Executor(BaseExampleGenExecutor):
         io_utils.write_string_file(os.path.join(examples.uri, contract.SKIPPED_FILES_FILE),
                                    json.dumps(skipped, indent=1))
         examples.set_int_custom_property("skipped_files", len(skipped))
+        io_utils.write_string_file(os.path.join(examples.uri, contract.IGNORED_FILES_FILE),
+                                   json.dumps(ignored, indent=1))
+        examples.set_int_custom_property("ignored_files", len(ignored))
         for s in skipped:
             print(f"ImageExampleGen: skipped {s['path']}: {s['reason']} ({s.get('detail')})")
         total = sum(totals.values())
@@ -240,13 +246,16 @@ def _has_record(split_dir: str) -> bool:
     return False
 
 
-def _check_layout(input_base: str, input_config, groups) -> Dict[str, int]:
-    """Fails early, naming the folder, on layouts that cannot train a classifier."""
+def _check_layout(input_base: str, input_config, groups) -> Tuple[Dict[str, int], List[str]]:
+    """Fails early, naming the folder, on layouts that cannot train a classifier.
+
+    Returns the image count per split and the files left out by name."""
     if not tf.io.gfile.isdir(input_base):
         raise ImageDataError(f"image folder {input_base} does not exist")
-    totals, classes = {}, {}
+    totals, classes, ignored = {}, {}, []
     for split in input_config.splits:
-        files = list_images(input_base, split.pattern)
+        files, left_out = list_images(input_base, split.pattern)
+        ignored += left_out
         where = os.path.join(input_base, split.pattern)
         if not files:
             raise ImageDataError(
@@ -267,7 +276,7 @@ def _check_layout(input_base: str, input_config, groups) -> Dict[str, int]:
         missing = sorted(all_classes - set(groups))
         if missing:
             raise ImageDataError(f"class_groups has no group for classes {missing}")
-    return totals
+    return totals, sorted(ignored)
 
 
 class ImageExampleGen(FileBasedExampleGen):

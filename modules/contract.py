@@ -57,6 +57,7 @@ WARMUP_FILE = "tf_serving_warmup_requests"
 TRAINING_REPORT_FILE = "training_report.json"  # next to the Model's serving dir
 MODULE_CONFIG_FILE = "transfer_config.json"  # the model/training config the Trainer used
 SKIPPED_FILES_FILE = "skipped_files.json"  # in the Examples artefact: files left out, and why
+IGNORED_FILES_FILE = "ignored_files.json"  # beside it: files left out by name as not images
 SUMMARY_FILE = "summary.json"  # <output>/summary.json of a run
 
 # --- the container image ---------------------------------------------------------

@@ -27,7 +27,6 @@ from tfx_transfer.modules import backbones, contract, probe_solver, progress_eve
 from tfx_transfer.modules.config import ModelConfig, ModuleConfig, TrainingConfig
 
 log = logging.getLogger("tfx_transfer.trainer")
-SAVE_TRACES = False  # see export
 SHUFFLE_BUFFER = 10_000  # examples (encoded images, or pooled features: ~50 MB at 1280-d)
 
 
@@ -504,7 +503,7 @@ def export(model: keras.Model, tf_transform_output, path: str, class_names: List
     # save_traces=False: Keras would otherwise trace every layer's call again
     # (most of the export's time) for keras.models.load_model, which no consumer
     # uses: TFMA, the projector and the servers read the signatures.
-    model.save(path, save_format="tf", signatures=signatures, save_traces=SAVE_TRACES)
+    model.save(path, save_format="tf", signatures=signatures, save_traces=False)
     # TF Serving replays it while loading, so production's first requests are warm.
     warmup.write_for_classifier(path, class_names)
 

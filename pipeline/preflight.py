@@ -22,7 +22,6 @@ from tfx_transfer.components import file_kinds
 from tfx_transfer.pipeline.config import ConfigError, RunConfig
 from tfx_transfer.pipeline.data_sources import EVAL_DIRS, TRAIN_DIRS
 
-IGNORED_FILE = "ignored_files.json"  # <output>/: files left out as not images
 BACKBONE_LAYERS_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)),
                                     "backbone_weight_layers.json")
 # The split folders data_sources routes by (it imports TensorFlow only when it lists).
@@ -46,18 +45,6 @@ def _class_folders(root: str) -> Dict[str, int]:
         if os.path.isdir(path):
             out[name] = sum(1 for f in os.listdir(path) if not file_kinds.is_not_image(f)
                             and os.path.isfile(os.path.join(path, f)))
-    return out
-
-
-def ignored_files(data: str) -> List[str]:
-    """Files in the class folders that are not images by name (notes, CSVs, hidden files)."""
-    out = []
-    for root in (split_roots(data) or {}).values():
-        for name in _visible(root):
-            folder = os.path.join(root, name)
-            if os.path.isdir(folder):
-                out += [os.path.join(folder, f) for f in sorted(os.listdir(folder))
-                        if file_kinds.is_not_image(f)]
     return out
 
 

@@ -34,8 +34,8 @@ print(json.dumps({{"rc": rc, "heavy": heavy}}))
 
 
 def _env():
-    # A checkout's own path shim (PYTHONPATH) stays: with it the child runs this
-    # checkout's tfx_transfer, not the one the venv's editable install points at.
+    # This checkout first: tfx_transfer/__init__.py then finds this checkout's
+    # folders, whichever one the venv's editable install points at.
     path = os.pathsep.join(p for p in (REPO, os.environ.get("PYTHONPATH")) if p)
     return dict(os.environ, PYTHONPATH=path, TF_USE_LEGACY_KERAS="1")
 
@@ -333,7 +333,7 @@ def _summary(tmp_path):
         "skipped_files": [{"path": "x", "reason": "empty file"},
                           {"path": "y", "reason": "truncated or corrupt JPEG", "detail": "jpeg::..."},
                           {"path": "z", "reason": "truncated or corrupt JPEG"}],
-        "ignored_files": 3, "ignored_files_list": "/r/out/ignored_files.json",
+        "ignored_files": 3, "ignored_files_list": "/r/examples/ignored_files.json",
         "timings_s": {"Pusher": 0.5, "Trainer": 80.0, "ImageExampleGen": 3.0, "Evaluator": 20.0,
                       "total_wall": 130.0},
         "artifacts": {"ImageExampleGen": {"examples": ["/r/ImageExampleGen/examples/1"]},
@@ -353,7 +353,7 @@ def test_result_block_is_readable(tmp_path):
     assert "skipped 3 files (2 truncated or corrupt JPEG, 1 empty file): " \
         "/r/ImageExampleGen/examples/1/skipped_files.json" in text
     assert "ignored 3 files that are not images by name (not counted as bad): " \
-        "/r/out/ignored_files.json" in text
+        "/r/examples/ignored_files.json" in text
     table = [l.split()[0] for l in text.splitlines() if l.startswith("    ")]
     assert table == ["class", "cat", "dog"]
     timing = next(l for l in text.splitlines() if l.strip().startswith("time:"))
@@ -418,10 +418,10 @@ def test_files_that_are_not_images_are_ignored_by_name_and_listed(tmp_path):
     (tmp_path / "notes").mkdir()  # a class folder holding notes only is not a class
     (tmp_path / "notes" / "todo.txt").write_text("x")
     assert preflight.class_counts(str(tmp_path)) == {"all": {"cat": 1, "dog": 1, "notes": 0}}
-    assert sorted(os.path.basename(p) for p in preflight.ignored_files(str(tmp_path))) == [
-        ".DS_Store", "README.md", "labels.csv", "meta.json", "notes.txt", "todo.txt"]
-    listed = image_example_gen.list_images(str(tmp_path), "*/*")
+    listed, ignored = image_example_gen.list_images(str(tmp_path), "*/*")
     assert sorted(os.path.relpath(p, tmp_path) for p in listed) == ["cat/1.jpg", "dog/1.jpg"]
+    assert sorted(os.path.basename(p) for p in ignored) == [
+        ".DS_Store", "README.md", "labels.csv", "meta.json", "notes.txt", "todo.txt"]
 
 
 def test_compare_table_reads_like_the_result_block():

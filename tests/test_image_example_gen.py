@@ -115,6 +115,8 @@ def test_hash_split_keeps_every_good_image_and_reports_bad_ones(tmp_path):
     skipped = json.load(open(os.path.join(uri, "skipped_files.json")))
     assert [os.path.basename(s["path"]) for s in skipped] == ["broken.jpg"]
     assert skipped[0]["reason"] == "truncated or corrupt JPEG"
+    ignored = json.load(open(os.path.join(uri, "ignored_files.json")))
+    assert [os.path.relpath(p, data) for p in ignored] == ["dog/.DS_Store"]
     # deterministic: the same file lands in the same split on a second run
     uri2 = run_example_gen(data, tmp_path / "again", eval_fraction=0.3, max_bad_fraction=0.2)
     assert sorted(r["filename"] for r in read_split(uri2, "eval")) == \

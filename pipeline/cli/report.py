@@ -6,7 +6,6 @@ from collections import Counter
 from typing import Any, Dict, List, Optional
 
 from tfx_transfer.modules import contract
-from tfx_transfer.pipeline.preflight import IGNORED_FILE
 from tfx_transfer.pipeline.cli.progress import LOG_DIR, RUN_LOG, seconds
 
 # Components in the order the pipeline runs them; anything else follows.
@@ -71,7 +70,7 @@ def result_block(summary: Dict[str, Any], output: str) -> str:
     if summary.get("ignored_files"):
         lines.append(f"  ignored {summary['ignored_files']} files that are not images by name "
                      "(not counted as bad): "
-                     f"{summary.get('ignored_files_list') or os.path.join(output, IGNORED_FILE)}")
+                     f"{summary['ignored_files_list']}")
     timings = summary.get("timings_s") or {}
     if timings:
         lines.append("  time: " + ", ".join(f"{n} {seconds(s)}" for n, s in ordered_timings(timings))

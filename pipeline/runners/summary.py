@@ -199,18 +199,12 @@ def write_summary(config: RunConfig, wall_s: Optional[float] = None,
     examples_uri = _uri(nodes, example_gen, "examples") if example_gen else None
     skipped_path = os.path.join(examples_uri or "", contract.SKIPPED_FILES_FILE)
     summary["skipped_files"] = json.load(open(skipped_path)) if os.path.exists(skipped_path) else []
-    # Notes and metadata beside the images (README.md, labels.csv, .DS_Store): left
-    # out by name before ImageExampleGen, counted here, listed in their own file.
-    from tfx_transfer.pipeline import preflight
-
-    ignored = preflight.ignored_files(config.data.data)
+    # Notes and metadata beside the images (README.md, labels.csv, .DS_Store):
+    # ImageExampleGen leaves them out by name and lists them beside the skipped ones.
+    ignored_path = os.path.join(examples_uri or "", contract.IGNORED_FILES_FILE)
+    ignored = json.load(open(ignored_path)) if os.path.exists(ignored_path) else []
     summary["ignored_files"] = len(ignored)
-    summary["ignored_files_list"] = None
-    if ignored:
-        summary["ignored_files_list"] = os.path.join(config.deploy.output, preflight.IGNORED_FILE)
-        os.makedirs(config.deploy.output, exist_ok=True)
-        with open(summary["ignored_files_list"], "w") as f:
-            json.dump(ignored, f, indent=1)
+    summary["ignored_files_list"] = ignored_path if ignored else None
 
     model_uri = _uri(nodes, "Trainer", "model")
     report_path = os.path.join(model_uri or "", contract.TRAINING_REPORT_FILE)
