@@ -28,6 +28,10 @@ from tfx_transfer.modules.config import ModelConfig, ModuleConfig, TrainingConfi
 
 log = logging.getLogger("tfx_transfer.trainer")
 SHUFFLE_BUFFER = 10_000  # examples (encoded images, or pooled features: ~50 MB at 1280-d)
+# A head step on cached features is a few microseconds of work and ~3 ms of
+# Python per call: 64 steps per call took 10 epochs on 50,000 CIFAR-10 features
+# from 11.1 s to 7.3 s (391 per call: the same), with identical losses.
+HEAD_STEPS_PER_EXECUTION = 64
 
 
 # --------------------------------------------------------------------------
@@ -85,7 +89,25 @@ def build_model(cfg: ModelConfig, num_classes: int, weights: Optional[str]):
     return model, backbone, head
 
 
-class TransferModel(keras.Model):
+_unconverted = tf.autograph.experimental.do_not_convert
+
+
+class GraphModel(keras.Model):
+    """A keras.Model whose fit, evaluate and predict steps are traced without autograph.
+
+    Autograph transpiles Keras' step code and every layer's `call` the first
+    time a step function is traced: 11 of the 27 s that 10 epochs of a head on
+    50,000 cached features took, with identical losses without it. Nothing in
+    these steps branches on tensor values in Python (tests/test_trainer.py
+    checks that the losses are the same both ways).
+    """
+
+    train_step = _unconverted(keras.Model.train_step)
+    test_step = _unconverted(keras.Model.test_step)
+    predict_step = _unconverted(keras.Model.predict_step)
+
+
+class TransferModel(GraphModel):
     """A keras.Model whose backbone may train at its own, lower, learning rate.
 
     With `backbone_optimizer` set (fine-tuning from a fresh head), the head's
@@ -96,6 +118,7 @@ class TransferModel(keras.Model):
     backbone_optimizer = None
     backbone_refs = frozenset()
 
+    @_unconverted
     def train_step(self, data):
         if self.backbone_optimizer is None:
             return super().train_step(data)
@@ -122,7 +145,7 @@ def build_head(dim: int, num_classes: int, cfg: ModelConfig) -> keras.Model:
     # float32 output even under mixed precision: softmax in fp16 loses small probabilities.
     outputs = keras.layers.Dense(num_classes, activation="softmax", dtype="float32",
                                  name=contract.PROBABILITIES)(x)
-    return keras.Model(inputs, outputs, name="head")
+    return GraphModel(inputs, outputs, name="head")
 
 
 def unfreeze_top_groups(backbone: keras.Model, entry: backbones.Backbone, n: int) -> List[str]:
@@ -172,11 +195,13 @@ def make_optimizer(cfg: TrainingConfig, lr: float, steps_per_epoch: int, epochs:
     return opt
 
 
-def compile_model(model, cfg: TrainingConfig, lr, steps_per_epoch, epochs):
+def compile_model(model, cfg: TrainingConfig, lr, steps_per_epoch, epochs,
+                  steps_per_execution: int = 1):
     model.compile(
         optimizer=make_optimizer(cfg, lr, steps_per_epoch, epochs),
         loss=keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing),
-        metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")])
+        metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
+        steps_per_execution=steps_per_execution)
 
 
 class PadAndRandomCrop(keras.layers.Layer):
@@ -258,16 +283,18 @@ def cached_features(images: tf.data.Dataset, extract, path: str,
         for f in tf.io.gfile.glob(path + "*"):
             tf.io.gfile.remove(f)
     ds = images.map(lambda x, y: (extract(x), y)).cache(path)
-    start, n = time.time(), 0
+    start, n, batches = time.time(), 0, 0
     progress_events.emit(f"features {phase}", 0)
     for _, y in ds:  # one full pass writes the cache; later epochs read it
         n += int(y.shape[0])
+        batches += 1
         progress_events.emit(f"features {phase}", n)
     seconds = time.time() - start
     progress_events.emit(f"features {phase}", n, n, finished=True, seconds=seconds)
     log.info("%s: backbone features of %d examples in %.1fs (%.1f img/s), cached at %s",
              phase, n, seconds, n / max(seconds, 1e-9), path)
-    return ds, n, seconds
+    # A known length lets Keras run several steps per call (steps_per_execution).
+    return ds.apply(tf.data.experimental.assert_cardinality(batches)), n, seconds
 
 
 class _EpochLog(keras.callbacks.Callback):
@@ -335,9 +362,10 @@ def train(mc: ModuleConfig, train_images: tf.data.Dataset, eval_images: tf.data.
     aug = augmentation(cfg, mc.model.image_size)
     use_cache = cfg.cache_features and aug is None
 
-    def fit(m, train_ds, eval_ds, epochs, lr, phase, n_train, backbone_lr=None):
+    def fit(m, train_ds, eval_ds, epochs, lr, phase, n_train, backbone_lr=None,
+            steps_per_execution=1):
         with strategy.scope():
-            compile_model(m, cfg, lr, _steps(n_train, bs), epochs)
+            compile_model(m, cfg, lr, _steps(n_train, bs), epochs, steps_per_execution)
             if backbone_lr is not None:
                 opt = make_optimizer(cfg, backbone_lr, _steps(n_train, bs), epochs)
                 if keras.mixed_precision.global_policy().name == "mixed_float16":
@@ -380,8 +408,10 @@ def train(mc: ModuleConfig, train_images: tf.data.Dataset, eval_images: tf.data.
                 # mixes. (Hidden units make the head non-convex: always this path.)
                 tr = (tr.unbatch().shuffle(min(n_tr, SHUFFLE_BUFFER), seed=cfg.seed,
                                            reshuffle_each_iteration=True)
-                      .batch(bs).prefetch(tf.data.AUTOTUNE))
-                fit(head, tr, ev, cfg.epochs, cfg.learning_rate, "probe", n_tr)
+                      .batch(bs).apply(tf.data.experimental.assert_cardinality(_steps(n_tr, bs)))
+                      .prefetch(tf.data.AUTOTUNE))
+                fit(head, tr, ev, cfg.epochs, cfg.learning_rate, "probe", n_tr,
+                    steps_per_execution=HEAD_STEPS_PER_EXECUTION)
         else:
             num_train = num_train or _count(train_images)
             tr = train_images if aug is None else train_images.map(

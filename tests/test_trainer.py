@@ -172,6 +172,32 @@ def test_a_killed_feature_extraction_leaves_no_stale_cache(tmp_path):
     assert n == N
 
 
+def test_head_steps_without_autograph_and_many_per_call_train_the_same():
+    # GraphModel traces its steps without autograph and the cached probe runs
+    # HEAD_STEPS_PER_EXECUTION steps per call: neither may change the arithmetic.
+    rng = np.random.RandomState(0)
+    x = np.maximum(rng.randn(300, 16), 0).astype("float32")
+    y = tf.one_hot(rng.randint(0, CLASSES, 300), CLASSES)
+    steps = trainer._steps(300, 32)
+    c = cfg(optimizer="sgd").training
+    histories = []
+    for cls, per_call in [(keras.Model, 1), (trainer.GraphModel, 1),
+                          (trainer.GraphModel, trainer.HEAD_STEPS_PER_EXECUTION)]:
+        keras.utils.set_random_seed(1)
+        ds = (tf.data.Dataset.from_tensor_slices((x, y)).shuffle(300, seed=1).batch(32)
+              .apply(tf.data.experimental.assert_cardinality(steps)))
+        head = trainer.build_head(16, CLASSES, cfg(dropout=0.0).model)
+        assert isinstance(head, trainer.GraphModel)
+        model = cls(head.input, head.output)
+        trainer.compile_model(model, c, 0.05, steps, 3, steps_per_execution=per_call)
+        h = model.fit(ds, validation_data=ds, epochs=3, verbose=0).history
+        histories.append(h)
+    assert histories[0]["loss"][0] > histories[0]["loss"][-1]
+    for h in histories[1:]:
+        for key in ("loss", "accuracy", "val_loss"):
+            np.testing.assert_allclose(h[key], histories[0][key], rtol=1e-6)
+
+
 def test_early_stopping_stops(tmp_path):
     _, report = trainer.train(cfg(epochs=30, early_stopping_patience=1, learning_rate=1e-9,
                                   cache_features=True), data(), data(), CLASSES, str(tmp_path))
