@@ -146,7 +146,7 @@ def image_splits(data_dir: str, eval_fraction: float = 0.2, layout: str = "auto"
 def example_gen(config: RunConfig, data_root=None):
     """The ExampleGen for config's data. data_root: a Kubeflow RuntimeParameter
     that replaces the folder at run time (its layout is that of config's data)."""
-    from tfx import v1 as tfx
+    from tfx.components import ImportExampleGen
 
     from tfx_transfer.components.image_example_gen import ImageExampleGen
 
@@ -156,7 +156,7 @@ def example_gen(config: RunConfig, data_root=None):
         if data_root is not None and is_glob(d.data):
             raise DataSourceError("a glob of TFRecord files cannot be a runtime parameter: "
                                   "give the folder that holds them")
-        return tfx.components.ImportExampleGen(
+        return ImportExampleGen(
             input_base=data_root if data_root is not None else base,
             input_config=input_config, output_config=output_config)
     input_config, output_config = image_splits(d.data, d.eval_fraction, d.data_layout)

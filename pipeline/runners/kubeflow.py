@@ -58,7 +58,7 @@ def check_pipeline_root(root: Optional[str], platform: str) -> str:
 
 def build(config, pipeline_root: str, platform: str = "kubeflow"):
     """The pipeline of create_pipeline(config), with its runtime parameters as inputs."""
-    from tfx import v1 as tfx
+    from tfx.orchestration.data_types import RuntimeParameter
 
     from tfx_transfer.pipeline.pipeline import RuntimeInputs, create_pipeline, trainer_custom_config
     from tfx_transfer.pipeline.runners import local
@@ -72,9 +72,9 @@ def build(config, pipeline_root: str, platform: str = "kubeflow"):
         changes["serving_dir"] = f"{pipeline_root}/serving"
     config = config.replace(**changes)
     runtime = RuntimeInputs(
-        data_root=tfx.dsl.experimental.RuntimeParameter(
+        data_root=RuntimeParameter(
             name=PARAM_DATA, ptype=str, default=config.data.data),
-        module_config=tfx.dsl.experimental.RuntimeParameter(
+        module_config=RuntimeParameter(
             name=PARAM_CONFIG, ptype=str,
             default=json.dumps(trainer_custom_config(config), sort_keys=True)))
     return create_pipeline(config, pipeline_root=pipeline_root,
@@ -84,7 +84,7 @@ def build(config, pipeline_root: str, platform: str = "kubeflow"):
 def compile_pipeline(config, output: str, image: Optional[str] = None,
                      pipeline_root: Optional[str] = None, platform: str = "kubeflow") -> Dict:
     """Writes the KFP PipelineJob JSON (the PipelineSpec alone for .yaml); returns the job."""
-    from tfx import v1 as tfx
+    from tfx.orchestration.data_types import RuntimeParameter
     from tfx.orchestration.kubeflow.v2 import kubeflow_v2_dag_runner
 
     image = image or config.deploy.image
@@ -98,15 +98,15 @@ def compile_pipeline(config, output: str, image: Optional[str] = None,
                                                 ("serving_dir", config.deploy.serving_dir))
              if v and os.path.exists(v)}
     pipeline = build(config.replace(image=image, **local), root, platform)
-    runner = tfx.orchestration.experimental.KubeflowV2DagRunner(
-        config=tfx.orchestration.experimental.KubeflowV2DagRunnerConfig(
+    runner = kubeflow_v2_dag_runner.KubeflowV2DagRunner(
+        config=kubeflow_v2_dag_runner.KubeflowV2DagRunnerConfig(
             default_image=image,
             default_commands=list(kubeflow_v2_dag_runner.KUBEFLOW_TFX_CMD),
             # Schema 2.1 (parameterType, parameterValues) is what KFP 2.x reads.
             use_pipeline_spec_2_1=True))
     defaults = {p.name: p.default for c in pipeline.components
                 for p in c.exec_properties.values()
-                if isinstance(p, tfx.dsl.experimental.RuntimeParameter)}
+                if isinstance(p, RuntimeParameter)}
     job = runner.run(pipeline, parameter_values=defaults, write_out=False)
     # TFX puts the defaults in the PipelineJob's runtimeConfig only; a spec
     # submitted on its own (kfp reads just the PipelineSpec) needs them inside.

@@ -49,7 +49,7 @@ def pipeline_root(config: RunConfig) -> str:
 
 
 def build(config: RunConfig):
-    from tfx import v1 as tfx
+    from tfx.orchestration import metadata
 
     from tfx_transfer.pipeline.pipeline import create_pipeline
 
@@ -57,7 +57,7 @@ def build(config: RunConfig):
     return create_pipeline(
         config,
         pipeline_root=pipeline_root(config),
-        metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(
+        metadata_connection_config=metadata.sqlite_metadata_connection_config(
             metadata_path(config)),
         beam_pipeline_args=local_beam_args(config))
 
@@ -76,13 +76,13 @@ def run(config: RunConfig) -> dict:
 
 
 def _run(config: RunConfig) -> dict:
-    from tfx import v1 as tfx
-
     pipeline = build(config)
     if config.deploy.runner == "local":
-        runner = tfx.orchestration.LocalDagRunner()
+        from tfx.orchestration.local.local_dag_runner import LocalDagRunner
+
+        runner = LocalDagRunner()
     else:
-        # Not exported under tfx.v1 in 1.16; runs each component as a Beam stage.
+        # Runs each component as a Beam stage.
         from tfx.orchestration.beam.beam_dag_runner import BeamDagRunner
 
         runner = BeamDagRunner()

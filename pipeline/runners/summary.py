@@ -30,10 +30,10 @@ def summary_path(config: RunConfig) -> str:
 
 def _store(config: RunConfig):
     import ml_metadata as mlmd
-    from tfx import v1 as tfx
+    from tfx.orchestration import metadata
 
     return mlmd.MetadataStore(
-        tfx.orchestration.metadata.sqlite_metadata_connection_config(metadata_path(config)))
+        metadata.sqlite_metadata_connection_config(metadata_path(config)))
 
 
 def last_run(config: RunConfig) -> Dict[str, Dict[str, Any]]:
