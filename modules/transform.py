@@ -22,9 +22,15 @@ def decode_and_resize(encoded: tf.Tensor, size: int) -> tf.Tensor:
 
     def one(data):
         # channels=3: greyscale and RGBA images become RGB like everything else.
-        image = tf.io.decode_image(data, channels=3, expand_animations=False)
-        image = tf.image.resize(tf.cast(image, tf.float32), [size, size],
-                                method="bilinear", antialias=True)
+        image = tf.cast(tf.io.decode_image(data, channels=3, expand_animations=False), tf.float32)
+        # Antialiasing filters before shrinking; enlarging with it gives the
+        # same pixels (to 3e-5 of 255, 32 -> 96 px) at 2-3x the cost, and the
+        # resize was most of the input pipeline's time on CIFAR-10.
+        shrinking = tf.reduce_any(tf.shape(image)[:2] > size)
+        image = tf.cond(
+            shrinking,
+            lambda: tf.image.resize(image, [size, size], method="bilinear", antialias=True),
+            lambda: tf.image.resize(image, [size, size], method="bilinear", antialias=False))
         return tf.clip_by_value(image, 0.0, 255.0)
 
     return tf.map_fn(one, encoded, fn_output_signature=tf.TensorSpec([size, size, 3], tf.float32))

@@ -31,6 +31,24 @@ def test_resize_keeps_content():
     assert out[:, :40].mean() > 250 and out[:, 56:].mean() < 5
 
 
+def test_resize_antialiases_when_shrinking_and_enlarges_as_before():
+    # Enlarging skips the antialiasing filter (the same pixels, at a third of
+    # the cost); shrinking keeps it, or a 500 px photo would alias at 96 px.
+    rng = np.random.RandomState(0)
+    small, big = (rng.randint(0, 255, s, dtype=np.uint8) for s in ((24, 32, 3), (300, 200, 3)))
+    stripes = np.zeros((300, 300, 3), np.uint8)
+    stripes[:, ::2] = 255  # 1-pixel stripes: aliasing turns them into a pattern, a filter into grey
+    encoded = tf.constant([_encode(a, "PNG") for a in (small, big, stripes)])
+    out = transform.decode_and_resize(encoded, 96).numpy()
+    reference = [tf.clip_by_value(tf.image.resize(tf.constant(a, tf.float32), [96, 96],
+                                                  antialias=True), 0, 255).numpy()
+                 for a in (small, big, stripes)]
+    np.testing.assert_allclose(out[0], reference[0], atol=1e-3)
+    np.testing.assert_array_equal(out[1], reference[1])
+    np.testing.assert_array_equal(out[2], reference[2])
+    assert out[2].std() < 10  # filtered to grey, not aliased
+
+
 @pytest.mark.parametrize("name,lo,hi", [("MobileNetV2", -1, 1), ("ResNet50", -130, 155),
                                         ("EfficientNetB0", 0, 255), ("DenseNet121", -2.2, 2.7)])
 def test_backbone_preprocessing_is_the_families_own(name, lo, hi):
