@@ -24,7 +24,7 @@ def decode_and_resize(encoded: tf.Tensor, size: int) -> tf.Tensor:
         # channels=3: greyscale and RGBA images become RGB like everything else.
         image = tf.cast(tf.io.decode_image(data, channels=3, expand_animations=False), tf.float32)
         # Antialiasing filters before shrinking; enlarging with it gives the
-        # same pixels (to 3e-5 of 255, 32 -> 96 px) at 2-3x the cost, and the
+        # same pixels (to 3e-5 of 255, 32 -> 96 px) at 1.5-2.6x the cost, and the
         # resize was most of the input pipeline's time on CIFAR-10.
         shrinking = tf.reduce_any(tf.shape(image)[:2] > size)
         image = tf.cond(

@@ -116,7 +116,7 @@ def create_pipeline(config: RunConfig, pipeline_root: Optional[str] = None,
 
     statistics_gen = StatisticsGen(examples=example_gen.outputs["examples"])
     schema_gen = SchemaGen(statistics=statistics_gen.outputs["statistics"],
-                                          infer_feature_shape=True)
+                           infer_feature_shape=True)
     example_validator = ExampleValidator(
         statistics=statistics_gen.outputs["statistics"], schema=schema_gen.outputs["schema"])
     components += [statistics_gen, schema_gen, example_validator]

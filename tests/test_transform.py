@@ -32,8 +32,8 @@ def test_resize_keeps_content():
 
 
 def test_resize_antialiases_when_shrinking_and_enlarges_as_before():
-    # Enlarging skips the antialiasing filter (the same pixels, at a third of
-    # the cost); shrinking keeps it, or a 500 px photo would alias at 96 px.
+    # Enlarging skips the antialiasing filter (the same pixels, for less);
+    # shrinking keeps it, or a 500 px photo would alias at 96 px.
     rng = np.random.RandomState(0)
     small, big = (rng.randint(0, 255, s, dtype=np.uint8) for s in ((24, 32, 3), (300, 200, 3)))
     stripes = np.zeros((300, 300, 3), np.uint8)
