@@ -58,14 +58,14 @@ def hash_split_config(eval_fraction: float,
 
 def list_images(input_base: str, split_pattern: str) -> Tuple[List[str], List[str]]:
     """(image files, files left out by name as not images: notes, CSVs, hidden files)."""
-    files = [f for f in tf.io.gfile.glob(os.path.join(input_base, split_pattern))
-             if not tf.io.gfile.isdir(f)]
-    ignored = sorted(f for f in files if file_kinds.is_not_image(f))
-    images = [f for f in files if not file_kinds.is_not_image(f)]
+    images, ignored = [], []
+    for f in tf.io.gfile.glob(os.path.join(input_base, split_pattern)):
+        if not tf.io.gfile.isdir(f):
+            (ignored if file_kinds.is_not_image(f) else images).append(f)
     # Class folders listed in order would be written class after class, and a
     # bounded shuffle buffer in the Trainer would then see one class at a
     # time. A hash order is random-looking yet the same on every run.
-    return sorted(images, key=lambda f: hashlib.md5(f.encode()).hexdigest()), ignored
+    return sorted(images, key=lambda f: hashlib.md5(f.encode()).hexdigest()), sorted(ignored)
 
 
 def _bytes(v):

@@ -36,6 +36,15 @@ def _store(config: RunConfig):
         metadata.sqlite_metadata_connection_config(metadata_path(config)))
 
 
+def _file_list(examples_uri: Optional[str], name: str) -> list:
+    """A JSON list ImageExampleGen wrote into its Examples artefact ([] if none)."""
+    path = os.path.join(examples_uri or "", name)
+    if not examples_uri or not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return json.load(f)
+
+
 def last_run(config: RunConfig) -> Dict[str, Dict[str, Any]]:
     """node id -> {state, seconds, outputs: {key: [artifact]}} for the newest run."""
     from ml_metadata.proto import metadata_store_pb2
@@ -197,12 +206,11 @@ def write_summary(config: RunConfig, wall_s: Optional[float] = None,
     summary["train_examples"] = counts.get("train")
     summary["eval_examples"] = counts.get("eval")
     examples_uri = _uri(nodes, example_gen, "examples") if example_gen else None
-    skipped_path = os.path.join(examples_uri or "", contract.SKIPPED_FILES_FILE)
-    summary["skipped_files"] = json.load(open(skipped_path)) if os.path.exists(skipped_path) else []
+    summary["skipped_files"] = _file_list(examples_uri, contract.SKIPPED_FILES_FILE)
     # Notes and metadata beside the images (README.md, labels.csv, .DS_Store):
     # ImageExampleGen leaves them out by name and lists them beside the skipped ones.
     ignored_path = os.path.join(examples_uri or "", contract.IGNORED_FILES_FILE)
-    ignored = json.load(open(ignored_path)) if os.path.exists(ignored_path) else []
+    ignored = _file_list(examples_uri, contract.IGNORED_FILES_FILE)
     summary["ignored_files"] = len(ignored)
     summary["ignored_files_list"] = ignored_path if ignored else None
 
